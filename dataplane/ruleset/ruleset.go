@@ -1,0 +1,220 @@
+package ruleset
+
+import (
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+)
+
+// Direction is the side of a pod a verdict is taken for.
+type Direction uint8
+
+const (
+	// Ingress is traffic entering the pod; the peer is the source.
+	Ingress Direction = iota
+	// Egress is traffic leaving the pod; the peer is the destination.
+	Egress
+)
+
+func (d Direction) String() string {
+	if d == Egress {
+		return "egress"
+	}
+	return "ingress"
+}
+
+// Proto is an IP protocol number.
+type Proto uint8
+
+// The protocols NetworkPolicy ports can name. Any other protocol (ICMP, …)
+// is matched only by rules that list no ports.
+const (
+	TCP  Proto = 6
+	UDP  Proto = 17
+	SCTP Proto = 132
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// ParseProto parses TCP, UDP or SCTP (any case).
+func ParseProto(s string) (Proto, error) {
+	switch s {
+	case "TCP", "tcp":
+		return TCP, nil
+	case "UDP", "udp":
+		return UDP, nil
+	case "SCTP", "sctp":
+		return SCTP, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q: use TCP, UDP or SCTP", s)
+}
+
+// protoIndex maps a protocol to its port table.
+func protoIndex(p Proto) int {
+	switch p {
+	case TCP:
+		return 0
+	case UDP:
+		return 1
+	case SCTP:
+		return 2
+	}
+	return 3
+}
+
+// PodID indexes Ruleset.Pods.
+type PodID int32
+
+// Pod is one pod as the ruleset sees it.
+type Pod struct {
+	Namespace, Name, Node string
+	IPs                   []netip.Addr
+	// HostNetwork pods share the node's addresses; they are never enforced
+	// and never selected as peers.
+	HostNetwork bool
+	// Tables holds the pod's table per Direction; nil means no policy
+	// selects the pod in that direction (it is not isolated).
+	Tables [2]*Table
+}
+
+// Policy names a NetworkPolicy.
+type Policy struct{ Namespace, Name string }
+
+func (p Policy) String() string { return p.Namespace + "/" + p.Name }
+
+// Ruleset is one compiled, immutable snapshot of the cluster's policy.
+type Ruleset struct {
+	// Generation is assigned by Publisher.Publish and increases with every
+	// snapshot.
+	Generation uint64
+	Pods       []Pod
+	Policies   []Policy
+	byIP       map[netip.Addr]PodID
+	tables     int
+}
+
+// PodByIP finds the pod that owns an address (IPv4-mapped addresses are
+// unmapped).
+func (r *Ruleset) PodByIP(a netip.Addr) (PodID, bool) {
+	id, ok := r.byIP[a.Unmap()]
+	return id, ok
+}
+
+// Tables reports how many distinct tables the pods share.
+func (r *Ruleset) Tables() int { return r.tables }
+
+// Reason says why a verdict came out as it did.
+type Reason uint8
+
+const (
+	// NoSnapshot: nothing published yet; fail closed.
+	NoSnapshot Reason = iota
+	// UnknownPod: the enforcement point is not in this snapshot; fail closed.
+	UnknownPod
+	// NotIsolated: no policy selects the pod in this direction.
+	NotIsolated
+	// HostNetwork: the pod uses the node's network and is not enforced.
+	HostNetwork
+	// RuleMatched: a rule of a selecting policy admits the flow.
+	RuleMatched
+	// NoRuleMatched: policies select the pod but none of their rules admit
+	// the flow.
+	NoRuleMatched
+)
+
+var reasonNames = [...]string{"no-snapshot", "unknown-pod", "not-isolated", "host-network", "rule-matched", "no-rule-matched"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Verdict is the decision for one flow at one enforcement point, and enough
+// to explain it without allocating: the table consulted and the first clause
+// that matched.
+type Verdict struct {
+	Allowed bool
+	Reason  Reason
+	Table   *Table
+	// Clause indexes Table.Clauses when Reason is RuleMatched, else -1.
+	Clause int32
+}
+
+// Verdict decides a flow at the enforcement point (pod, dir) against the
+// peer address, protocol and port. It never allocates or blocks. A nil
+// Ruleset denies everything.
+func (r *Ruleset) Verdict(pod PodID, dir Direction, peer netip.Addr, proto Proto, port uint16) Verdict {
+	if r == nil {
+		return Verdict{Reason: NoSnapshot, Clause: -1}
+	}
+	if pod < 0 || int(pod) >= len(r.Pods) {
+		return Verdict{Reason: UnknownPod, Clause: -1}
+	}
+	p := &r.Pods[pod]
+	if p.HostNetwork {
+		return Verdict{Allowed: true, Reason: HostNetwork, Clause: -1}
+	}
+	t := p.Tables[dir&1]
+	if t == nil {
+		return Verdict{Allowed: true, Reason: NotIsolated, Clause: -1}
+	}
+	c := t.Match(peer, proto, port)
+	if c < 0 {
+		return Verdict{Reason: NoRuleMatched, Table: t, Clause: -1}
+	}
+	return Verdict{Allowed: true, Reason: RuleMatched, Table: t, Clause: c}
+}
+
+// Publisher holds the current snapshot for lock-free readers. Readers load
+// it once per batch; Go's garbage collector is the grace period.
+type Publisher struct {
+	cur atomic.Pointer[Ruleset]
+	gen atomic.Uint64
+}
+
+// Load returns the current snapshot, nil before the first Publish.
+func (p *Publisher) Load() *Ruleset { return p.cur.Load() }
+
+// Publish stamps r with the next generation and makes it current. r must
+// not be modified afterwards, nor published twice.
+func (p *Publisher) Publish(r *Ruleset) uint64 {
+	g := p.gen.Add(1)
+	r.Generation = g
+	p.cur.Store(r)
+	return g
+}
+
+// New assembles a snapshot from pods whose Tables are set and the policies
+// their clauses index. Addresses claimed by several pods go to the first
+// non-hostNetwork pod in order.
+func New(pods []Pod, policies []Policy) *Ruleset {
+	r := &Ruleset{Pods: pods, Policies: policies, byIP: make(map[netip.Addr]PodID, len(pods))}
+	seen := map[*Table]bool{}
+	for i := range pods {
+		for _, t := range pods[i].Tables {
+			if t != nil && !seen[t] {
+				seen[t] = true
+			}
+		}
+		for _, a := range pods[i].IPs {
+			if prev, ok := r.byIP[a]; ok && !pods[prev].HostNetwork {
+				continue
+			}
+			r.byIP[a] = PodID(i)
+		}
+	}
+	r.tables = len(seen)
+	return r
+}

@@ -1,0 +1,2 @@
+/* The bpf target has no asm/ directory of its own; the generic one fits. */
+#include <asm-generic/types.h>

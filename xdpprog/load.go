@@ -1,0 +1,204 @@
+package xdpprog
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// BPFFSRoot is where bpffs is mounted when pinning needs it.
+const BPFFSRoot = "/sys/fs/bpf"
+
+// Options tune Load. Zero values take the defaults compiled into the C
+// programs.
+type Options struct {
+	// PinDir pins every map under this bpffs directory, e.g.
+	// /sys/fs/bpf/xdpolicy/<node>, and reuses the maps already pinned there,
+	// so a restarted agent keeps the flow cache and the pods map. Empty
+	// means no pinning: the maps die with the last reference to them.
+	PinDir string
+
+	FlowsMaxEntries uint32 // flows LRU size (default 262144)
+	PodsMaxEntries  uint32 // pods map size (default 4096)
+	RequestsBytes   uint32 // requests ring buffer size, a power-of-2 multiple of the page size (default 256 KiB)
+	XSKsMaxEntries  uint32 // xsks map size = highest RX queue index + 1 (default 64)
+}
+
+// Objects are the loaded programs and maps.
+type Objects struct {
+	FromPod *ebpf.Program // tcx program for HookEgress: attach to tcx ingress of H
+	ToPod   *ebpf.Program // tcx program for HookIngress: attach to tcx egress of H
+	Punt    *ebpf.Program // XDP program for dp1
+
+	Flows        *ebpf.Map // FlowKey -> FlowVal (LRU)
+	Pods         *ebpf.Map // uint32 H ifindex -> PodInfo
+	Config       *ebpf.Map // uint32 0 -> Config
+	Counters     *ebpf.Map // Counter -> per-CPU uint64
+	Requests     *ebpf.Map // ring buffer of FlowKey
+	XSKs         *ebpf.Map // RX queue index -> AF_XDP socket fd
+	PuntCounters *ebpf.Map // PuntCounter -> per-CPU uint64
+
+	tcx    tcxObjects
+	punt   puntObjects
+	pinDir string
+}
+
+// Load loads both programs and their maps into the kernel. It attaches
+// nothing.
+func Load(opts Options) (*Objects, error) {
+	tcxSpec, err := loadTcx()
+	if err != nil {
+		return nil, err
+	}
+	puntSpec, err := loadPunt()
+	if err != nil {
+		return nil, err
+	}
+	resize(tcxSpec, "flows", opts.FlowsMaxEntries)
+	resize(tcxSpec, "pods", opts.PodsMaxEntries)
+	resize(tcxSpec, "requests", opts.RequestsBytes)
+	resize(puntSpec, "xsks", opts.XSKsMaxEntries)
+
+	var co ebpf.CollectionOptions
+	if opts.PinDir != "" {
+		if err := prepareBPFFS(opts.PinDir); err != nil {
+			return nil, err
+		}
+		co.Maps.PinPath = opts.PinDir
+	} else {
+		for _, spec := range []*ebpf.CollectionSpec{tcxSpec, puntSpec} {
+			for _, m := range spec.Maps {
+				m.Pinning = ebpf.PinNone
+			}
+		}
+	}
+
+	o := &Objects{pinDir: opts.PinDir}
+	if err := tcxSpec.LoadAndAssign(&o.tcx, &co); err != nil {
+		return nil, loadErr("tcx", err)
+	}
+	if err := puntSpec.LoadAndAssign(&o.punt, &co); err != nil {
+		o.tcx.Close()
+		return nil, loadErr("punt", err)
+	}
+	o.FromPod, o.ToPod, o.Punt = o.tcx.TcxFromPod, o.tcx.TcxToPod, o.punt.XdpPunt
+	o.Flows, o.Pods, o.Config = o.tcx.Flows, o.tcx.Pods, o.tcx.Config
+	o.Counters, o.Requests = o.tcx.Counters, o.tcx.Requests
+	o.XSKs, o.PuntCounters = o.punt.Xsks, o.punt.PuntCounters
+	return o, nil
+}
+
+func resize(spec *ebpf.CollectionSpec, name string, n uint32) {
+	if n != 0 {
+		spec.Maps[name].MaxEntries = n
+	}
+}
+
+func loadErr(what string, err error) error {
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("load %s: a pinned map differs from this build (size or layout); remove the pin directory to start afresh: %w", what, err)
+	}
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("load %s: %+v", what, ve)
+	}
+	return fmt.Errorf("load %s: %w", what, err)
+}
+
+// Program returns the tcx program for hook h.
+func (o *Objects) Program(h Hook) *ebpf.Program {
+	if h == HookIngress {
+		return o.ToPod
+	}
+	return o.FromPod
+}
+
+// Close releases the file descriptors. Pinned maps and pinned links stay.
+func (o *Objects) Close() error {
+	return errors.Join(o.tcx.Close(), o.punt.Close())
+}
+
+// Unpin removes the pins of these maps and the pin directory if that leaves
+// it empty. Use it for a full teardown, not on an ordinary restart.
+func (o *Objects) Unpin() error {
+	var errs []error
+	for _, m := range []*ebpf.Map{o.Flows, o.Pods, o.Config, o.Counters, o.Requests, o.XSKs, o.PuntCounters} {
+		if m != nil && m.IsPinned() {
+			errs = append(errs, m.Unpin())
+		}
+	}
+	if o.pinDir != "" {
+		// Fails harmlessly while someone else's pins are still there.
+		_ = os.Remove(o.pinDir)
+	}
+	return errors.Join(errs...)
+}
+
+// SetConfig writes the config entry.
+func (o *Objects) SetConfig(c Config) error {
+	return o.Config.Put(uint32(0), c)
+}
+
+// ReadConfig reads the config entry.
+func (o *Objects) ReadConfig() (Config, error) {
+	var c Config
+	err := o.Config.Lookup(uint32(0), &c)
+	return c, err
+}
+
+// ReadCounters sums the per-CPU tcx counters.
+func (o *Objects) ReadCounters() ([NumCounters]uint64, error) {
+	var out [NumCounters]uint64
+	return out, sumPerCPU(o.Counters, out[:])
+}
+
+// ReadPuntCounters sums the per-CPU counters of the XDP punt program.
+func (o *Objects) ReadPuntCounters() ([NumPuntCounters]uint64, error) {
+	var out [NumPuntCounters]uint64
+	return out, sumPerCPU(o.PuntCounters, out[:])
+}
+
+func sumPerCPU(m *ebpf.Map, out []uint64) error {
+	var perCPU []uint64
+	for i := range out {
+		if err := m.Lookup(uint32(i), &perCPU); err != nil {
+			return fmt.Errorf("read counter %d: %w", i, err)
+		}
+		for _, v := range perCPU {
+			out[i] += v
+		}
+	}
+	return nil
+}
+
+// prepareBPFFS makes sure dir can hold pins: bpffs is mounted at BPFFSRoot
+// when dir lies under it, and dir exists.
+func prepareBPFFS(dir string) error {
+	if dir == BPFFSRoot || strings.HasPrefix(dir, BPFFSRoot+"/") {
+		var st unix.Statfs_t
+		if err := unix.Statfs(BPFFSRoot, &st); err != nil {
+			return fmt.Errorf("statfs %s: %w", BPFFSRoot, err)
+		}
+		if st.Type != unix.BPF_FS_MAGIC {
+			if err := unix.Mount("bpffs", BPFFSRoot, "bpf", 0, "mode=0700"); err != nil {
+				return fmt.Errorf("mount bpffs at %s: %w", BPFFSRoot, err)
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Clean(dir), &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin directory %s is not on bpffs", dir)
+	}
+	return nil
+}

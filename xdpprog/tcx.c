@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
+/* Fast path of xdpolicy: a flow-verdict cache on the host end (H) of every
+ * pod veth. Cached verdicts are applied here; everything else is punted to
+ * userspace through the punt veth with its hook encoded in the destination
+ * MAC. This program never decides policy itself. */
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "xdpolicy.h"
+
+/* Pass without ending the chain: with tcx this is TCX_NEXT, with clsact
+ * TC_ACT_UNSPEC, so a CNI program attached after ours still runs. */
+#define ACT_PASS TC_ACT_UNSPEC
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH 51
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_DSTOPTS 60
+#define IPPROTO_SCTP 132
+
+#define MAX_VLAN_TAGS 2
+#define MAX_IPV6_EXT 8
+/* last_seen is read by a userspace expiry with seconds of slack; writing it
+ * less often keeps hot flows from bouncing a cache line between CPUs. */
+#define LAST_SEEN_GRANULARITY_NS (100 * 1000 * 1000ULL)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct pod_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counters SEC(".maps");
+
+/* Verdict requests: flow keys of GSO packets that missed the cache. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} requests SEC(".maps");
+
+/* Wire headers, declared here because the uapi ones drag in arch headers. */
+struct ethhdr {
+	__u8 dst[6];
+	__u8 src[6];
+	__be16 proto;
+};
+
+struct vlanhdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct ipv4hdr {
+	__u8 ver_ihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 proto;
+	__u16 check;
+	__u8 saddr[4];
+	__u8 daddr[4];
+};
+
+struct ipv6hdr {
+	__u8 ver_tc;
+	__u8 tc_flow[3];
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct ipv6_opt {
+	__u8 nexthdr;
+	__u8 len;
+};
+
+struct ipv6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+enum parse_result {
+	PARSE_OK,
+	PARSE_NONIP,
+	PARSE_ND,
+	PARSE_MALFORMED,
+};
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	/* bpf_skb_load_bytes also reads paged data, so headers past the linear
+	 * area are parsed rather than mistaken for truncation. */
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
+static __always_inline int is_ipv6_ext(__u8 nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_AH ||
+	       nexthdr == IPPROTO_FRAGMENT;
+}
+
+/* Fills k->proto, ports and addresses from the frame. */
+static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flow_key *k)
+{
+	struct ethhdr eth;
+	__u32 off = sizeof(eth);
+	__u8 later_fragment = 0;
+	__be16 proto;
+	__u8 nexthdr;
+
+	if (load(skb, 0, &eth, sizeof(eth)))
+		return PARSE_MALFORMED;
+	proto = eth.proto;
+
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		struct vlanhdr vlan;
+
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if (load(skb, off, &vlan, sizeof(vlan)))
+			return PARSE_MALFORMED;
+		proto = vlan.proto;
+		off += sizeof(vlan);
+	}
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct ipv4hdr ip;
+		__u32 ihl, tot_len;
+
+		if (load(skb, off, &ip, sizeof(ip)))
+			return PARSE_MALFORMED;
+		ihl = (ip.ver_ihl & 0x0f) * 4;
+		tot_len = bpf_ntohs(ip.tot_len);
+		if (ip.ver_ihl >> 4 != 4 || ihl < sizeof(ip) || off + ihl > skb->len)
+			return PARSE_MALFORMED;
+		/* tot_len 0 is how IPv4 BIG TCP marks GSO packets over 64K. */
+		if (tot_len != 0 || skb->gso_segs <= 1)
+			if (tot_len < ihl || off + tot_len > skb->len)
+				return PARSE_MALFORMED;
+		k->saddr[10] = 0xff;
+		k->saddr[11] = 0xff;
+		__builtin_memcpy(&k->saddr[12], ip.saddr, 4);
+		k->daddr[10] = 0xff;
+		k->daddr[11] = 0xff;
+		__builtin_memcpy(&k->daddr[12], ip.daddr, 4);
+		nexthdr = ip.proto;
+		later_fragment = (ip.frag_off & bpf_htons(0x1fff)) != 0;
+		off += ihl;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		__u32 plen;
+
+		if (load(skb, off, &ip6, sizeof(ip6)))
+			return PARSE_MALFORMED;
+		plen = bpf_ntohs(ip6.payload_len);
+		/* payload_len 0 is a jumbogram (IPv6 BIG TCP). */
+		if (ip6.ver_tc >> 4 != 6 || off + sizeof(ip6) + plen > skb->len)
+			return PARSE_MALFORMED;
+		__builtin_memcpy(k->saddr, ip6.saddr, 16);
+		__builtin_memcpy(k->daddr, ip6.daddr, 16);
+		nexthdr = ip6.nexthdr;
+		off += sizeof(ip6);
+
+		for (int i = 0; i < MAX_IPV6_EXT; i++) {
+			struct ipv6_opt opt;
+			struct ipv6_frag frag;
+
+			if (nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+			    nexthdr == IPPROTO_DSTOPTS) {
+				if (load(skb, off, &opt, sizeof(opt)))
+					return PARSE_MALFORMED;
+				nexthdr = opt.nexthdr;
+				off += (opt.len + 1) * 8;
+			} else if (nexthdr == IPPROTO_AH) {
+				if (load(skb, off, &opt, sizeof(opt)))
+					return PARSE_MALFORMED;
+				nexthdr = opt.nexthdr;
+				off += (opt.len + 2) * 4;
+			} else if (nexthdr == IPPROTO_FRAGMENT) {
+				if (load(skb, off, &frag, sizeof(frag)))
+					return PARSE_MALFORMED;
+				nexthdr = frag.nexthdr;
+				off += sizeof(frag);
+				if (frag.frag_off & bpf_htons(0xfff8)) {
+					later_fragment = 1;
+					break;
+				}
+			} else {
+				break;
+			}
+		}
+		/* A chain longer than we follow fails closed rather than
+		 * passing with a guessed protocol. */
+		if (!later_fragment && is_ipv6_ext(nexthdr))
+			return PARSE_MALFORMED;
+	} else {
+		return PARSE_NONIP;
+	}
+
+	k->proto = nexthdr;
+	if (later_fragment)
+		return PARSE_OK;
+
+	switch (nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		/* Minimum header lengths, so a header cut short is dropped. */
+		__u32 min = nexthdr == IPPROTO_TCP ? 20 : nexthdr == IPPROTO_UDP ? 8 : 12;
+		__be16 ports[2];
+
+		if (off + min > skb->len || load(skb, off, ports, sizeof(ports)))
+			return PARSE_MALFORMED;
+		k->sport = ports[0];
+		k->dport = ports[1];
+		break;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		/* ICMP keeps ports 0: NetworkPolicy cannot select ICMP by type,
+		 * so one entry per address pair and hook is all it needs. */
+		__u8 type;
+
+		if (off + 4 > skb->len || load(skb, off, &type, sizeof(type)))
+			return PARSE_MALFORMED;
+		/* Router/neighbour solicitation and advertisement, redirect. */
+		if (nexthdr == IPPROTO_ICMPV6 && type >= 133 && type <= 137)
+			return PARSE_ND;
+		break;
+	}
+	}
+	return PARSE_OK;
+}
+
+static __always_inline int punt(struct __sk_buff *skb, const struct flow_key *k,
+				const struct config_val *cfg)
+{
+	__u8 mac[6] = {
+		0x02, k->hook, k->ifindex >> 24, k->ifindex >> 16, k->ifindex >> 8, k->ifindex,
+	};
+
+	if (!cfg->punt_ifindex) {
+		count(CNT_DROP_NO_AGENT);
+		return TC_ACT_SHOT;
+	}
+	/* A GSO super-packet cannot go through the punt veth's XDP in one
+	 * piece. Drop it and ask userspace for a verdict; TCP retransmits. */
+	if (skb->gso_segs > 1 || (cfg->max_punt_len && skb->len > cfg->max_punt_len)) {
+		if (bpf_ringbuf_output(&requests, (void *)k, sizeof(*k), 0))
+			count(CNT_REQUEST_LOST);
+		count(CNT_DROP_GSO_MISS);
+		return TC_ACT_SHOT;
+	}
+	if (bpf_skb_store_bytes(skb, 0, mac, sizeof(mac), 0)) {
+		count(CNT_DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	count(CNT_PUNT);
+	return bpf_redirect(cfg->punt_ifindex, 0);
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
+{
+	__u32 isolated = hook == HOOK_INGRESS ? POD_ISOLATED_INGRESS : POD_ISOLATED_EGRESS;
+	__u32 ifindex = skb->ifindex, zero = 0;
+	struct flow_key k = { .hook = hook, .ifindex = ifindex };
+	struct pod_info *pod;
+	struct config_val *cfg;
+	struct flow_val *v;
+
+	/* Pods no policy isolates are none of our business, malformed frames
+	 * included: look them up before parsing anything. */
+	pod = bpf_map_lookup_elem(&pods, &ifindex);
+	if (!pod || !(pod->flags & isolated)) {
+		count(CNT_PASS_NOT_ISOLATED);
+		return ACT_PASS;
+	}
+
+	switch (parse(skb, &k)) {
+	case PARSE_NONIP:
+		count(CNT_PASS_NONIP);
+		return ACT_PASS;
+	case PARSE_ND:
+		count(CNT_PASS_ND);
+		return ACT_PASS;
+	case PARSE_MALFORMED:
+		count(CNT_DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	case PARSE_OK:
+		break;
+	}
+
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return TC_ACT_SHOT;
+	if (cfg->flags & CONFIG_FASTPATH_OFF)
+		return punt(skb, &k, cfg);
+
+	v = bpf_map_lookup_elem(&flows, &k);
+	if (!v || v->generation != cfg->generation)
+		return punt(skb, &k, cfg);
+
+	if (v->verdict == VERDICT_ALLOW) {
+		__u64 now = bpf_ktime_get_ns();
+
+		if (now - v->last_seen_ns > LAST_SEEN_GRANULARITY_NS)
+			v->last_seen_ns = now;
+		count(CNT_PASS_CACHED);
+		return ACT_PASS;
+	}
+	if (v->verdict == VERDICT_DENY) {
+		/* last_seen stays put: a deny lives only as long as userspace
+		 * gives it from its creation. */
+		count(CNT_DROP_CACHED);
+		return TC_ACT_SHOT;
+	}
+	return punt(skb, &k, cfg);
+}
+
+/* Attach to tcx ingress (or clsact ingress) of H. */
+SEC("tc")
+int tcx_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, HOOK_EGRESS);
+}
+
+/* Attach to tcx egress (or clsact egress) of H. */
+SEC("tc")
+int tcx_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, HOOK_INGRESS);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
