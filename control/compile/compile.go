@@ -3,6 +3,7 @@ package compile
 import (
 	"fmt"
 	"net/netip"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -40,17 +41,29 @@ type pod struct {
 	ips   []netip.Addr
 	ports []model.ContainerPort
 	// peer: the pod can be picked by selectors and is enforced.
-	peer bool
+	peer  bool
+	ident uint32
+}
+
+// identity is the class of peer pods that no selector and no named port
+// can tell apart: same namespace, same labels, same container ports.
+type identity struct {
+	ns     string
+	labels labels.Set
+	pods   []int
 }
 
 type compiler struct {
 	c        *model.Cluster
 	nsLabels map[string]labels.Set
 	pods     []pod
-	byNS     map[string][]int // peer pods per namespace
+	idents   []identity
+	addrs    []addrPod // peer pod addresses, sorted; built on first use
+	named    map[namedPort][]portIdents
+	byNS     map[string][]uint32 // identities per namespace
 	nsNames  []string
 	policies []*policy
-	selCache map[string][]int
+	selCache map[string][]uint32
 	problems []Problem
 }
 
@@ -77,15 +90,14 @@ type rule struct {
 	index  int32
 	all    bool // no peers listed: every address
 	blocks []ruleset.Block
-	pods   []int // peer pods picked by selectors
-	addrs  []netip.Addr
+	idents []uint32 // identities picked by selectors
 	ports  []ruleset.PortRange
 	named  []namedPort
 	any    bool // no ports listed: every protocol and port
 }
 
 func newCompiler(c *model.Cluster) *compiler {
-	k := &compiler{c: c, nsLabels: map[string]labels.Set{}, byNS: map[string][]int{}, selCache: map[string][]int{}}
+	k := &compiler{c: c, nsLabels: map[string]labels.Set{}, byNS: map[string][]uint32{}, selCache: map[string][]uint32{}}
 	for _, ns := range c.Namespaces {
 		k.nsLabels[ns.Name] = labels.Set(ns.Labels)
 		k.nsNames = append(k.nsNames, ns.Name)
@@ -100,6 +112,8 @@ func newCompiler(c *model.Cluster) *compiler {
 	}
 	sort.Strings(k.nsNames)
 	k.nsNames = slices.Compact(k.nsNames)
+	identByKey := map[string]uint32{}
+	var key strings.Builder
 	for _, o := range c.Pods {
 		p := pod{obj: o, ns: o.Namespace}
 		if model.Active(o) {
@@ -108,7 +122,26 @@ func newCompiler(c *model.Cluster) *compiler {
 		p.peer = len(p.ips) > 0 && !o.Spec.HostNetwork
 		if p.peer {
 			p.ports = model.Ports(o)
-			k.byNS[o.Namespace] = append(k.byNS[o.Namespace], len(k.pods))
+			key.Reset()
+			key.WriteString(o.Namespace)
+			key.WriteByte(0)
+			key.WriteString(labels.Set(o.Labels).String())
+			for _, cp := range p.ports {
+				key.WriteByte(0)
+				key.WriteString(cp.Name)
+				key.WriteByte('=')
+				key.WriteString(strconv.Itoa(int(cp.Port)))
+				key.WriteString(string(cp.Protocol))
+			}
+			id, ok := identByKey[key.String()]
+			if !ok {
+				id = uint32(len(k.idents))
+				identByKey[key.String()] = id
+				k.idents = append(k.idents, identity{ns: o.Namespace, labels: labels.Set(o.Labels)})
+				k.byNS[o.Namespace] = append(k.byNS[o.Namespace], id)
+			}
+			p.ident = id
+			k.idents[id].pods = append(k.idents[id].pods, len(k.pods))
 		}
 		k.pods = append(k.pods, p)
 	}
@@ -123,10 +156,12 @@ func (k *compiler) run() (*ruleset.Ruleset, []Problem) {
 		pols[i] = ruleset.Policy{Namespace: o.Namespace, Name: o.Name}
 		p := k.policy(int32(i), o)
 		k.policies = append(k.policies, p)
-		for _, pi := range k.selectPods(o) {
-			for d := range 2 {
-				if p.types[d] {
-					selected[d][pi] = append(selected[d][pi], p.id)
+		for _, id := range k.selectPods(o) {
+			for _, pi := range k.idents[id].pods {
+				for d := range 2 {
+					if p.types[d] {
+						selected[d][pi] = append(selected[d][pi], p.id)
+					}
 				}
 			}
 		}
@@ -164,7 +199,17 @@ func (k *compiler) run() (*ruleset.Ruleset, []Problem) {
 			out[i].Tables[d] = t
 		}
 	}
-	return ruleset.New(out, pols), k.problems
+	ident := make(map[netip.Addr]uint32, len(k.pods)*2)
+	for i := range k.pods {
+		if p := &k.pods[i]; p.peer {
+			for _, a := range p.ips {
+				if _, dup := ident[a]; !dup {
+					ident[a] = p.ident
+				}
+			}
+		}
+	}
+	return ruleset.New(out, pols, ident), k.problems
 }
 
 // resolveIngress resolves the named ports the policies' ingress rules use on
@@ -234,8 +279,8 @@ func (k *compiler) table(dir ruleset.Direction, ids []int32, resolved map[namedP
 func (r *rule) spec(policy int32) ruleset.ClauseSpec {
 	s := ruleset.ClauseSpec{
 		Clause:   ruleset.Clause{Policy: policy, Rule: r.index},
+		Idents:   r.idents,
 		Blocks:   r.blocks,
-		Addrs:    r.addrs,
 		AllPorts: r.any,
 		Ports:    slices.Clip(r.ports),
 	}
@@ -252,7 +297,9 @@ var everywhere = []ruleset.Block{
 
 // egressSpecs builds a policy's egress clauses. A rule's named ports are
 // resolved on each destination pod the rule's peers cover, one clause per
-// resolved port number holding exactly the pods that resolve to it.
+// resolved port number holding exactly the pods that resolve to it: whole
+// identities for pods its selectors picked (an identity fixes the ports),
+// single addresses for pods inside its ipBlocks.
 func (k *compiler) egressSpecs(p *policy) []ruleset.ClauseSpec {
 	var specs []ruleset.ClauseSpec
 	for i := range p.rules[ruleset.Egress] {
@@ -263,61 +310,134 @@ func (k *compiler) egressSpecs(p *policy) []ruleset.ClauseSpec {
 		if len(r.named) == 0 {
 			continue
 		}
-		byPort := map[string]*ruleset.ClauseSpec{}
-		var order []string
-		for _, pi := range k.coveredPods(r) {
-			for _, a := range pi.addrs {
+		type resolved struct {
+			np   namedPort
+			port uint16
+		}
+		byPort := map[resolved]*ruleset.ClauseSpec{}
+		clause := func(np namedPort, port uint16) *ruleset.ClauseSpec {
+			s, ok := byPort[resolved{np, port}]
+			if !ok {
+				s = &ruleset.ClauseSpec{
+					Clause: ruleset.Clause{Policy: p.id, Rule: r.index, NamedPort: fmt.Sprintf("%s=%d/%s", np.name, port, np.proto)},
+					Ports:  []ruleset.PortRange{{Proto: np.proto, Lo: port, Hi: port}},
+				}
+				byPort[resolved{np, port}] = s
+			}
+			return s
+		}
+		for _, np := range r.named {
+			for _, pi := range k.resolvedIdents(np) {
+				ids := pi.idents
+				if !r.all {
+					ids = intersect(r.idents, ids)
+				}
+				if len(ids) > 0 {
+					s := clause(np, pi.port)
+					s.Idents = append(s.Idents, ids...)
+				}
+			}
+		}
+		if !r.all {
+			for _, ap := range k.podsInBlocks(r.blocks) {
+				pod := &k.pods[ap.pod]
+				if _, picked := slices.BinarySearch(r.idents, pod.ident); picked {
+					continue
+				}
 				for _, np := range r.named {
-					for _, port := range resolve(k.pods[pi.pod].ports, np) {
-						label := fmt.Sprintf("%s=%d/%s", np.name, port, np.proto)
-						s, ok := byPort[label]
-						if !ok {
-							s = &ruleset.ClauseSpec{
-								Clause: ruleset.Clause{Policy: p.id, Rule: r.index, NamedPort: label},
-								Ports:  []ruleset.PortRange{{Proto: np.proto, Lo: port, Hi: port}},
-							}
-							byPort[label] = s
-							order = append(order, label)
-						}
-						s.Addrs = append(s.Addrs, a)
+					for _, port := range resolve(pod.ports, np) {
+						s := clause(np, port)
+						s.Addrs = append(s.Addrs, ap.addr)
 					}
 				}
 			}
 		}
-		sort.Strings(order)
-		for _, label := range order {
-			specs = append(specs, *byPort[label])
+		named := slices.SortedFunc(maps.Values(byPort), func(a, b *ruleset.ClauseSpec) int {
+			return strings.Compare(a.Clause.NamedPort, b.Clause.NamedPort)
+		})
+		for _, s := range named {
+			specs = append(specs, *s)
 		}
 	}
 	return specs
 }
 
-type coveredPod struct {
-	pod   int
-	addrs []netip.Addr
+// portIdents are the identities on which a named port resolves to port.
+type portIdents struct {
+	port   uint16
+	idents []uint32
 }
 
-// coveredPods lists the peer pods, and which of their addresses, a rule's
-// peers include: those its selectors picked, and those inside its ipBlocks.
-func (k *compiler) coveredPods(r *rule) []coveredPod {
-	var out []coveredPod
-	picked := map[int]bool{}
-	for _, pi := range r.pods {
-		picked[pi] = true
+// resolvedIdents partitions the identities by what np resolves to on them
+// (identities on which it does not resolve are left out), computed once per
+// compile.
+func (k *compiler) resolvedIdents(np namedPort) []portIdents {
+	if r, ok := k.named[np]; ok {
+		return r
 	}
-	for i := range k.pods {
-		p := &k.pods[i]
-		if !p.peer || (!r.all && !picked[i] && len(r.blocks) == 0) {
-			continue
+	var out []portIdents
+	for id := range k.idents {
+		for _, port := range resolve(k.pods[k.idents[id].pods[0]].ports, np) {
+			i := slices.IndexFunc(out, func(p portIdents) bool { return p.port == port })
+			if i < 0 {
+				i = len(out)
+				out = append(out, portIdents{port: port})
+			}
+			out[i].idents = append(out[i].idents, uint32(id))
 		}
-		var addrs []netip.Addr
-		for _, a := range p.ips {
-			if r.all || picked[i] || inBlocks(r.blocks, a) {
-				addrs = append(addrs, a)
+	}
+	if k.named == nil {
+		k.named = map[namedPort][]portIdents{}
+	}
+	k.named[np] = out
+	return out
+}
+
+// intersect returns the elements of two ascending lists present in both.
+func intersect(a, b []uint32) []uint32 {
+	var out []uint32
+	for i, j := 0, 0; i < len(a) && j < len(b); {
+		switch {
+		case a[i] < b[j]:
+			i++
+		case a[i] > b[j]:
+			j++
+		default:
+			out = append(out, a[i])
+			i, j = i+1, j+1
+		}
+	}
+	return out
+}
+
+type addrPod struct {
+	addr netip.Addr
+	pod  int
+}
+
+// podsInBlocks lists the peer pod addresses inside the blocks (minus their
+// holes), using the sorted address index.
+func (k *compiler) podsInBlocks(bs []ruleset.Block) []addrPod {
+	if len(bs) == 0 {
+		return nil
+	}
+	if k.addrs == nil {
+		for i := range k.pods {
+			if k.pods[i].peer {
+				for _, a := range k.pods[i].ips {
+					k.addrs = append(k.addrs, addrPod{a, i})
+				}
 			}
 		}
-		if len(addrs) > 0 {
-			out = append(out, coveredPod{i, addrs})
+		slices.SortFunc(k.addrs, func(x, y addrPod) int { return x.addr.Compare(y.addr) })
+	}
+	var out []addrPod
+	for _, b := range bs {
+		i, _ := slices.BinarySearchFunc(k.addrs, b.Prefix.Addr(), func(x addrPod, a netip.Addr) int { return x.addr.Compare(a) })
+		for ; i < len(k.addrs) && b.Prefix.Contains(k.addrs[i].addr); i++ {
+			if inBlocks([]ruleset.Block{b}, k.addrs[i].addr) && !slices.Contains(out, k.addrs[i]) {
+				out = append(out, k.addrs[i])
+			}
 		}
 	}
 	return out
@@ -384,7 +504,6 @@ func (k *compiler) rule(ns string, index int32, peers []networkingv1.NetworkPoli
 			r.ports = append(r.ports, ruleset.PortRange{Proto: proto, Lo: uint16(pp.Port.IntVal), Hi: uint16(hi)})
 		}
 	}
-	seen := map[int]bool{}
 	for _, peer := range peers {
 		if b := peer.IPBlock; b != nil {
 			blk := ruleset.Block{Prefix: mustCIDR(b.CIDR)}
@@ -394,17 +513,10 @@ func (k *compiler) rule(ns string, index int32, peers []networkingv1.NetworkPoli
 			r.blocks = append(r.blocks, blk)
 			continue
 		}
-		for _, pi := range k.selectPeers(ns, peer.NamespaceSelector, peer.PodSelector) {
-			if !seen[pi] {
-				seen[pi] = true
-				r.pods = append(r.pods, pi)
-			}
-		}
+		r.idents = append(r.idents, k.selectPeers(ns, peer.NamespaceSelector, peer.PodSelector)...)
 	}
-	slices.Sort(r.pods)
-	for _, pi := range r.pods {
-		r.addrs = append(r.addrs, k.pods[pi].ips...)
-	}
+	slices.Sort(r.idents)
+	r.idents = slices.Compact(r.idents)
 	return r
 }
 
@@ -419,7 +531,7 @@ func mustCIDR(s string) netip.Prefix {
 // selectPods returns the pods a policy's spec.podSelector picks in its own
 // namespace. An unparsable selector picks every pod there, so that the
 // policy fails closed.
-func (k *compiler) selectPods(o *networkingv1.NetworkPolicy) []int {
+func (k *compiler) selectPods(o *networkingv1.NetworkPolicy) []uint32 {
 	sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector)
 	if err != nil {
 		return k.byNS[o.Namespace]
@@ -431,7 +543,7 @@ func (k *compiler) selectPods(o *networkingv1.NetworkPolicy) []int {
 // every pod of the matching namespaces, podSelector alone pods of the
 // policy's namespace, both together the matching pods of the matching
 // namespaces.
-func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) []int {
+func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) []uint32 {
 	namespaces := []string{ns}
 	nsKey := ns
 	if nsSel != nil {
@@ -458,15 +570,15 @@ func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) [
 	return k.match(nsKey+"\x00"+ps.String(), namespaces, ps)
 }
 
-func (k *compiler) match(key string, namespaces []string, sel labels.Selector) []int {
+func (k *compiler) match(key string, namespaces []string, sel labels.Selector) []uint32 {
 	if r, ok := k.selCache[key]; ok {
 		return r
 	}
-	var out []int
+	var out []uint32
 	for _, ns := range namespaces {
-		for _, pi := range k.byNS[ns] {
-			if sel.Matches(labels.Set(k.pods[pi].obj.Labels)) {
-				out = append(out, pi)
+		for _, id := range k.byNS[ns] {
+			if sel.Matches(k.idents[id].labels) {
+				out = append(out, id)
 			}
 		}
 	}

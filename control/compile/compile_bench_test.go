@@ -37,11 +37,17 @@ func BenchmarkCompile(b *testing.B) {
 			runtime.GC()
 			runtime.ReadMemStats(&before)
 			rs, _ = compile.Compile(c)
+			runtime.ReadMemStats(&after)
+			b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/(1<<20), "alloc-MB")
+			b.ReportMetric(float64(after.HeapSys)/(1<<20), "heap-sys-MB")
+			b.ReportMetric(float64(rs.Tables()), "tables")
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			runtime.KeepAlive(rs)
+			rs = nil
 			runtime.GC()
 			runtime.ReadMemStats(&after)
-			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "retained-MB")
-			b.ReportMetric(float64(rs.Tables()), "tables")
-			runtime.KeepAlive(rs)
+			b.ReportMetric((float64(before.HeapAlloc)-float64(after.HeapAlloc))/(1<<20), "retained-MB")
 		})
 	}
 }

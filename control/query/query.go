@@ -249,7 +249,7 @@ func (q *Query) side(e Endpoint, dir ruleset.Direction, peer netip.Addr, port Po
 		for _, id := range t.Policies {
 			s.Policies = append(s.Policies, q.Rules.Policies[id].String())
 		}
-		for _, c := range t.Matches(peer, port.Proto, port.Port) {
+		for _, c := range t.Matches(q.Rules.Identity(peer), peer, port.Proto, port.Port) {
 			s.Rules = append(s.Rules, q.ruleRef(t, c))
 		}
 	}

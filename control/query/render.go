@@ -160,7 +160,7 @@ func (q *Query) explainSide(w io.Writer, dir string, e Endpoint, s *Side, port P
 	}
 	t := s.verdict.Table
 	fmt.Fprintf(w, "  %s of %s: %s, selected by %s\n", dir, e.Name, word, strings.Join(s.Policies, ", "))
-	peerBits, portBits := t.PeerClauses(s.peer), t.PortClauses(port.Proto, port.Port)
+	peerBits, portBits := t.PeerClauses(q.Rules.Identity(s.peer), s.peer), t.PortClauses(port.Proto, port.Port)
 	for _, id := range t.Policies {
 		name := q.Rules.Policies[id]
 		pol := q.policies[name]

@@ -100,7 +100,18 @@ type Ruleset struct {
 	Pods       []Pod
 	Policies   []Policy
 	byIP       map[netip.Addr]PodID
-	tables     int
+	// ident maps the address of every peer pod (active, not hostNetwork)
+	// to its identity.
+	ident  map[netip.Addr]uint32
+	tables int
+}
+
+// Identity returns the identity of the pod owning addr, or NoIdentity.
+func (r *Ruleset) Identity(addr netip.Addr) int32 {
+	if id, ok := r.ident[addr]; ok {
+		return int32(id)
+	}
+	return NoIdentity
 }
 
 // PodByIP finds the pod that owns an address (IPv4-mapped addresses are
@@ -170,7 +181,8 @@ func (r *Ruleset) Verdict(pod PodID, dir Direction, peer netip.Addr, proto Proto
 	if t == nil {
 		return Verdict{Allowed: true, Reason: NotIsolated, Clause: -1}
 	}
-	c := t.Match(peer, proto, port)
+	peer = peer.Unmap()
+	c := t.Match(r.Identity(peer), peer, proto, port)
 	if c < 0 {
 		return Verdict{Reason: NoRuleMatched, Table: t, Clause: -1}
 	}
@@ -196,11 +208,11 @@ func (p *Publisher) Publish(r *Ruleset) uint64 {
 	return g
 }
 
-// New assembles a snapshot from pods whose Tables are set and the policies
-// their clauses index. Addresses claimed by several pods go to the first
-// non-hostNetwork pod in order.
-func New(pods []Pod, policies []Policy) *Ruleset {
-	r := &Ruleset{Pods: pods, Policies: policies, byIP: make(map[netip.Addr]PodID, len(pods))}
+// New assembles a snapshot from pods whose Tables are set, the policies
+// their clauses index, and the identity of every peer address. Addresses
+// claimed by several pods go to the first non-hostNetwork pod in order.
+func New(pods []Pod, policies []Policy, ident map[netip.Addr]uint32) *Ruleset {
+	r := &Ruleset{Pods: pods, Policies: policies, byIP: make(map[netip.Addr]PodID, len(pods)), ident: ident}
 	seen := map[*Table]bool{}
 	for i := range pods {
 		for _, t := range pods[i].Tables {

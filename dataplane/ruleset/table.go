@@ -52,13 +52,22 @@ func (b Bits) Indices() []int32 {
 // of the rules, in one direction, of one set of policies (for ingress, also
 // with one resolution of the named ports they use). It is shared by every
 // pod with that policy set.
+//
+// Peers are matched two ways. Pods picked by selectors are matched by
+// identity: every peer pod belongs to exactly one identity (its namespace,
+// labels and ports), and idents maps an identity to the clauses admitting
+// it. Address ranges (ipBlocks, "every peer") live in a prefix trie whose
+// entries carry the clauses admitting the addresses they are the longest
+// match for. A peer's clauses are the union of both.
 type Table struct {
 	Dir Direction
 	// Policies are the policies that select this table's pods in Dir.
 	Policies []int32
 	Clauses  []Clause
-	peers    *bart.Table[Bits]
-	ports    [4]portTable // TCP, UDP, SCTP, other protocols
+	idents   []uint32 // identity → index into sets; 0 is the empty set
+	sets     []Bits
+	blocks   *bart.Table[Bits] // nil when no clause has address ranges
+	ports    [4]portTable      // TCP, UDP, SCTP, other protocols
 }
 
 // portTable maps a port to the clauses admitting it: bits[i] holds for the
@@ -84,31 +93,55 @@ func (pt *portTable) lookup(port uint16) Bits {
 	return pt.bits[i]
 }
 
-// Match returns the first clause admitting the flow, or -1. It never
+// NoIdentity is the identity of a peer that is not a pod.
+const NoIdentity = -1
+
+// Match returns the first clause admitting the flow from or to a peer with
+// address addr and identity ident (NoIdentity for non-pods), or -1. It never
 // allocates.
-func (t *Table) Match(peer netip.Addr, proto Proto, port uint16) int32 {
+func (t *Table) Match(ident int32, addr netip.Addr, proto Proto, port uint16) int32 {
 	pb := t.ports[protoIndex(proto)].lookup(port)
 	if pb == nil {
 		return -1
 	}
-	ab, ok := t.peers.Lookup(peer.Unmap())
-	if !ok {
-		return -1
+	var ib, bb Bits
+	if uint(ident) < uint(len(t.idents)) {
+		ib = t.sets[t.idents[ident]]
 	}
-	n := min(len(ab), len(pb))
-	for i := 0; i < n; i++ {
-		if x := ab[i] & pb[i]; x != 0 {
+	if t.blocks != nil {
+		bb, _ = t.blocks.Lookup(addr)
+	}
+	for i := range pb {
+		var x uint64
+		if i < len(ib) {
+			x = ib[i]
+		}
+		if i < len(bb) {
+			x |= bb[i]
+		}
+		if x &= pb[i]; x != 0 {
 			return int32(i*64 + bits.TrailingZeros64(x))
 		}
 	}
 	return -1
 }
 
-// PeerClauses is the set of clauses whose peers include addr, whatever the
-// port (for explanations).
-func (t *Table) PeerClauses(addr netip.Addr) Bits {
-	b, _ := t.peers.Lookup(addr.Unmap())
-	return b
+// PeerClauses is the set of clauses whose peers include the peer, whatever
+// the port (for explanations).
+func (t *Table) PeerClauses(ident int32, addr netip.Addr) Bits {
+	out := make(Bits, (len(t.Clauses)+63)/64)
+	if uint(ident) < uint(len(t.idents)) {
+		for i, w := range t.sets[t.idents[ident]] {
+			out[i] |= w
+		}
+	}
+	if t.blocks != nil {
+		b, _ := t.blocks.Lookup(addr)
+		for i, w := range b {
+			out[i] |= w
+		}
+	}
+	return out
 }
 
 // PortClauses is the set of clauses whose ports include (proto, port),
@@ -118,10 +151,10 @@ func (t *Table) PortClauses(proto Proto, port uint16) Bits {
 }
 
 // Matches lists every clause admitting the flow (allocates).
-func (t *Table) Matches(peer netip.Addr, proto Proto, port uint16) []int32 {
-	a, p := t.PeerClauses(peer), t.PortClauses(proto, port)
+func (t *Table) Matches(ident int32, addr netip.Addr, proto Proto, port uint16) []int32 {
+	p := t.PortClauses(proto, port)
 	var out []int32
-	for _, i := range a.Indices() {
+	for _, i := range t.PeerClauses(ident, addr).Indices() {
 		if p.Has(int(i)) {
 			out = append(out, i)
 		}
@@ -129,8 +162,19 @@ func (t *Table) Matches(peer netip.Addr, proto Proto, port uint16) []int32 {
 	return out
 }
 
-// Entries reports how many prefixes the peer trie holds.
-func (t *Table) Entries() int { return t.peers.Size() }
+// Entries reports the size of the table's peer structures: identities with
+// clauses and trie prefixes.
+func (t *Table) Entries() (idents, prefixes int) {
+	for _, s := range t.idents {
+		if s != 0 {
+			idents++
+		}
+	}
+	if t.blocks != nil {
+		prefixes = t.blocks.Size()
+	}
+	return idents, prefixes
+}
 
 // Block is an ipBlock: a prefix minus its holes.
 type Block struct {
@@ -147,9 +191,12 @@ type PortRange struct {
 // ClauseSpec is what a clause admits, as the compiler hands it over.
 type ClauseSpec struct {
 	Clause Clause
+	// Idents are the identities of the pods the clause's selectors picked.
+	Idents []uint32
 	// Blocks are address ranges (an empty peer list is 0.0.0.0/0 and ::/0).
 	Blocks []Block
-	// Addrs are single addresses (pods picked by selectors).
+	// Addrs are single addresses admitted on their own (pods inside an
+	// ipBlock whose named ports resolved).
 	Addrs []netip.Addr
 	// AllPorts admits every protocol and port, including protocols without
 	// ports; otherwise only Ports.
@@ -165,7 +212,8 @@ func NewTable(dir Direction, policies []int32, specs []ClauseSpec) *Table {
 	for i := range specs {
 		t.Clauses[i] = specs[i].Clause
 	}
-	t.peers = b.peerTrie(specs)
+	t.idents, t.sets = b.identSets(specs)
+	t.blocks = b.peerTrie(specs)
 	for pi, proto := range [3]Proto{TCP, UDP, SCTP} {
 		t.ports[pi] = b.portTable(specs, proto)
 	}
@@ -207,6 +255,44 @@ func (b *builder) intern(x Bits) Bits {
 	return x
 }
 
+// identSets maps every identity some clause picks to its interned clause
+// set.
+func (b *builder) identSets(specs []ClauseSpec) ([]uint32, []Bits) {
+	n := 0
+	for i := range specs {
+		for _, id := range specs[i].Idents {
+			n = max(n, int(id)+1)
+		}
+	}
+	if n == 0 {
+		return nil, []Bits{nil}
+	}
+	// One flat scratch bitmap per identity.
+	scratch := make([]uint64, n*b.words)
+	for i := range specs {
+		for _, id := range specs[i].Idents {
+			Bits(scratch[int(id)*b.words:]).set(i)
+		}
+	}
+	idents := make([]uint32, n)
+	sets := []Bits{nil}
+	index := map[*uint64]uint32{}
+	for id := range n {
+		s := b.intern(scratch[id*b.words : (id+1)*b.words])
+		if s == nil {
+			continue
+		}
+		k, ok := index[&s[0]]
+		if !ok {
+			k = uint32(len(sets))
+			index[&s[0]] = k
+			sets = append(sets, s)
+		}
+		idents[id] = k
+	}
+	return idents, sets
+}
+
 type blockRef struct {
 	clause int
 	except []netip.Prefix
@@ -219,6 +305,9 @@ type blockRef struct {
 // Single addresses become host entries with their own clauses added to
 // whatever the blocks give them.
 func (b *builder) peerTrie(specs []ClauseSpec) *bart.Table[Bits] {
+	if !slices.ContainsFunc(specs, func(s ClauseSpec) bool { return len(s.Blocks) > 0 || len(s.Addrs) > 0 }) {
+		return nil
+	}
 	blocks := &bart.Table[[]blockRef]{}
 	var bounds []netip.Prefix
 	for i := range specs {
