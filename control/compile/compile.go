@@ -2,8 +2,8 @@ package compile
 
 import (
 	"fmt"
-	"net/netip"
 	"maps"
+	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
@@ -31,8 +31,7 @@ func (p Problem) Error() string { return fmt.Sprintf("NetworkPolicy %s: %v", p.P
 // model.Load and model.Cluster.Add do). Invalid policies fail closed and are
 // returned as problems; the ruleset is always usable.
 func Compile(c *model.Cluster) (*ruleset.Ruleset, []Problem) {
-	k := newCompiler(c)
-	return k.run()
+	return newCompiler(c).run()
 }
 
 type pod struct {
@@ -63,8 +62,22 @@ type compiler struct {
 	byNS     map[string][]uint32 // identities per namespace
 	nsNames  []string
 	policies []*policy
-	selCache map[string][]uint32
+	selCache map[string]*selection
 	problems []Problem
+
+	identByKey map[string]uint32
+	pols       []ruleset.Policy
+	selected   [2][][]int32 // per direction and pod: the policies selecting it
+	tables     map[string]*tableEntry
+	rs         *ruleset.Ruleset
+}
+
+// selection is one evaluated selector: the identities it picks among the
+// namespaces it covers.
+type selection struct {
+	namespaces []string
+	sel        labels.Selector
+	idents     []uint32
 }
 
 // policy is one NetworkPolicy with its selectors evaluated.
@@ -79,6 +92,8 @@ type policy struct {
 	namedIngress []namedPort
 	// egress clauses do not depend on the pod enforcing them.
 	egressSpecs []ruleset.ClauseSpec
+	egressMeta  []clauseMeta
+	egressStale bool // identities were added since egressSpecs was built
 }
 
 type namedPort struct {
@@ -91,13 +106,14 @@ type rule struct {
 	all    bool // no peers listed: every address
 	blocks []ruleset.Block
 	idents []uint32 // identities picked by selectors
+	sels   []*selection
 	ports  []ruleset.PortRange
 	named  []namedPort
 	any    bool // no ports listed: every protocol and port
 }
 
 func newCompiler(c *model.Cluster) *compiler {
-	k := &compiler{c: c, nsLabels: map[string]labels.Set{}, byNS: map[string][]uint32{}, selCache: map[string][]uint32{}}
+	k := &compiler{c: c, nsLabels: map[string]labels.Set{}, byNS: map[string][]uint32{}, selCache: map[string]*selection{}, identByKey: map[string]uint32{}}
 	for _, ns := range c.Namespaces {
 		k.nsLabels[ns.Name] = labels.Set(ns.Labels)
 		k.nsNames = append(k.nsNames, ns.Name)
@@ -112,8 +128,6 @@ func newCompiler(c *model.Cluster) *compiler {
 	}
 	sort.Strings(k.nsNames)
 	k.nsNames = slices.Compact(k.nsNames)
-	identByKey := map[string]uint32{}
-	var key strings.Builder
 	for _, o := range c.Pods {
 		p := pod{obj: o, ns: o.Namespace}
 		if model.Active(o) {
@@ -122,94 +136,120 @@ func newCompiler(c *model.Cluster) *compiler {
 		p.peer = len(p.ips) > 0 && !o.Spec.HostNetwork
 		if p.peer {
 			p.ports = model.Ports(o)
-			key.Reset()
-			key.WriteString(o.Namespace)
-			key.WriteByte(0)
-			key.WriteString(labels.Set(o.Labels).String())
-			for _, cp := range p.ports {
-				key.WriteByte(0)
-				key.WriteString(cp.Name)
-				key.WriteByte('=')
-				key.WriteString(strconv.Itoa(int(cp.Port)))
-				key.WriteString(string(cp.Protocol))
-			}
-			id, ok := identByKey[key.String()]
-			if !ok {
-				id = uint32(len(k.idents))
-				identByKey[key.String()] = id
-				k.idents = append(k.idents, identity{ns: o.Namespace, labels: labels.Set(o.Labels)})
-				k.byNS[o.Namespace] = append(k.byNS[o.Namespace], id)
-			}
-			p.ident = id
-			k.idents[id].pods = append(k.idents[id].pods, len(k.pods))
+			p.ident, _ = k.identity(o.Namespace, o.Labels, p.ports)
+			k.idents[p.ident].pods = append(k.idents[p.ident].pods, len(k.pods))
 		}
 		k.pods = append(k.pods, p)
 	}
 	return k
 }
 
+// identity finds or creates the identity of a peer pod.
+func (k *compiler) identity(ns string, lbls map[string]string, ports []model.ContainerPort) (id uint32, created bool) {
+	var key strings.Builder
+	key.WriteString(ns)
+	key.WriteByte(0)
+	key.WriteString(labels.Set(lbls).String())
+	for _, cp := range ports {
+		key.WriteByte(0)
+		key.WriteString(cp.Name)
+		key.WriteByte('=')
+		key.WriteString(strconv.Itoa(int(cp.Port)))
+		key.WriteString(string(cp.Protocol))
+	}
+	if id, ok := k.identByKey[key.String()]; ok {
+		return id, false
+	}
+	id = uint32(len(k.idents))
+	k.identByKey[key.String()] = id
+	k.idents = append(k.idents, identity{ns: ns, labels: labels.Set(lbls)})
+	k.byNS[ns] = append(k.byNS[ns], id)
+	return id, true
+}
+
 func (k *compiler) run() (*ruleset.Ruleset, []Problem) {
-	pols := make([]ruleset.Policy, len(k.c.Policies))
-	// selected[dir][pod] lists the policies selecting the pod in dir.
-	selected := [2][][]int32{make([][]int32, len(k.pods)), make([][]int32, len(k.pods))}
+	k.pols = make([]ruleset.Policy, len(k.c.Policies))
+	k.selected = [2][][]int32{make([][]int32, len(k.pods)), make([][]int32, len(k.pods))}
 	for i, o := range k.c.Policies {
-		pols[i] = ruleset.Policy{Namespace: o.Namespace, Name: o.Name}
+		k.pols[i] = ruleset.Policy{Namespace: o.Namespace, Name: o.Name}
 		p := k.policy(int32(i), o)
 		k.policies = append(k.policies, p)
 		for _, id := range k.selectPods(o) {
 			for _, pi := range k.idents[id].pods {
 				for d := range 2 {
 					if p.types[d] {
-						selected[d][pi] = append(selected[d][pi], p.id)
+						k.selected[d][pi] = append(k.selected[d][pi], p.id)
 					}
 				}
 			}
 		}
 	}
-
-	tables := map[string]*ruleset.Table{}
+	k.tables = map[string]*tableEntry{}
 	out := make([]ruleset.Pod, len(k.pods))
-	var key strings.Builder
 	for i := range k.pods {
 		p := &k.pods[i]
 		out[i] = ruleset.Pod{Namespace: p.ns, Name: p.obj.Name, Node: p.obj.Spec.NodeName, IPs: p.ips, HostNetwork: p.obj.Spec.HostNetwork}
-		if !p.peer {
+		if p.peer {
+			out[i].Tables = k.podTables(i)
+		}
+	}
+	ident := make([]int32, len(k.pods))
+	for i := range k.pods {
+		ident[i] = ruleset.NoIdentity
+		if k.pods[i].peer {
+			ident[i] = int32(k.pods[i].ident)
+		}
+	}
+	k.rs = ruleset.New(out, k.pols, ident)
+	return k.rs, k.problems
+}
+
+// tableEntry is a table with what its clauses were made from, so that a new
+// identity can be added to it without recompiling.
+type tableEntry struct {
+	t    *ruleset.Table
+	meta []clauseMeta
+}
+
+// clauseMeta says which identities a clause picks: those its rule picks,
+// and for a named-port clause only those on which the port resolves to
+// port.
+type clauseMeta struct {
+	r     *rule
+	named bool
+	np    namedPort
+	port  uint16
+}
+
+// podTables finds or builds the pod's table in each direction, keyed by its
+// policy set (and, for ingress, the resolution of the named ports those
+// policies use on the pod).
+func (k *compiler) podTables(i int) [2]*ruleset.Table {
+	var out [2]*ruleset.Table
+	var key strings.Builder
+	for d := range 2 {
+		ids := k.selected[d][i]
+		if len(ids) == 0 {
 			continue
 		}
-		for d := range 2 {
-			ids := selected[d][i]
-			if len(ids) == 0 {
-				continue
-			}
-			key.Reset()
-			key.WriteByte(byte('0' + d))
-			for _, id := range ids {
-				key.WriteString(strconv.Itoa(int(id)))
-				key.WriteByte(',')
-			}
-			var resolved map[namedPort][]uint16
-			if d == int(ruleset.Ingress) {
-				resolved = k.resolveIngress(ids, p, &key)
-			}
-			t, ok := tables[key.String()]
-			if !ok {
-				t = k.table(ruleset.Direction(d), ids, resolved)
-				tables[key.String()] = t
-			}
-			out[i].Tables[d] = t
+		key.Reset()
+		key.WriteByte(byte('0' + d))
+		for _, id := range ids {
+			key.WriteString(strconv.Itoa(int(id)))
+			key.WriteByte(',')
 		}
-	}
-	ident := make(map[netip.Addr]uint32, len(k.pods)*2)
-	for i := range k.pods {
-		if p := &k.pods[i]; p.peer {
-			for _, a := range p.ips {
-				if _, dup := ident[a]; !dup {
-					ident[a] = p.ident
-				}
-			}
+		var resolved map[namedPort][]uint16
+		if d == int(ruleset.Ingress) {
+			resolved = k.resolveIngress(ids, &k.pods[i], &key)
 		}
+		e, ok := k.tables[key.String()]
+		if !ok {
+			e = k.table(ruleset.Direction(d), ids, resolved)
+			k.tables[key.String()] = e
+		}
+		out[d] = e.t
 	}
-	return ruleset.New(out, pols, ident), k.problems
+	return out
 }
 
 // resolveIngress resolves the named ports the policies' ingress rules use on
@@ -253,15 +293,22 @@ func protoOf(p corev1.Protocol) ruleset.Proto {
 }
 
 // table compiles the union of the policies' rules in one direction.
-func (k *compiler) table(dir ruleset.Direction, ids []int32, resolved map[namedPort][]uint16) *ruleset.Table {
+func (k *compiler) table(dir ruleset.Direction, ids []int32, resolved map[namedPort][]uint16) *tableEntry {
 	var specs []ruleset.ClauseSpec
+	var meta []clauseMeta
 	for _, id := range ids {
 		p := k.policies[id]
 		if dir == ruleset.Egress {
+			if p.egressStale {
+				p.egressSpecs, p.egressMeta = k.egressSpecs(p)
+				p.egressStale = false
+			}
 			specs = append(specs, p.egressSpecs...)
+			meta = append(meta, p.egressMeta...)
 			continue
 		}
-		for _, r := range p.rules[ruleset.Ingress] {
+		for i := range p.rules[ruleset.Ingress] {
+			r := &p.rules[ruleset.Ingress][i]
 			s := r.spec(id)
 			for _, np := range r.named {
 				for _, port := range resolved[np] {
@@ -270,10 +317,11 @@ func (k *compiler) table(dir ruleset.Direction, ids []int32, resolved map[namedP
 			}
 			if s.AllPorts || len(s.Ports) > 0 {
 				specs = append(specs, s)
+				meta = append(meta, clauseMeta{r: r})
 			}
 		}
 	}
-	return ruleset.NewTable(dir, ids, specs)
+	return &tableEntry{t: ruleset.NewTable(dir, ids, specs), meta: meta}
 }
 
 func (r *rule) spec(policy int32) ruleset.ClauseSpec {
@@ -300,19 +348,17 @@ var everywhere = []ruleset.Block{
 // resolved port number holding exactly the pods that resolve to it: whole
 // identities for pods its selectors picked (an identity fixes the ports),
 // single addresses for pods inside its ipBlocks.
-func (k *compiler) egressSpecs(p *policy) []ruleset.ClauseSpec {
+func (k *compiler) egressSpecs(p *policy) ([]ruleset.ClauseSpec, []clauseMeta) {
 	var specs []ruleset.ClauseSpec
+	var meta []clauseMeta
 	for i := range p.rules[ruleset.Egress] {
 		r := &p.rules[ruleset.Egress][i]
 		if r.any || len(r.ports) > 0 {
 			specs = append(specs, r.spec(p.id))
+			meta = append(meta, clauseMeta{r: r})
 		}
 		if len(r.named) == 0 {
 			continue
-		}
-		type resolved struct {
-			np   namedPort
-			port uint16
 		}
 		byPort := map[resolved]*ruleset.ClauseSpec{}
 		clause := func(np namedPort, port uint16) *ruleset.ClauseSpec {
@@ -352,14 +398,20 @@ func (k *compiler) egressSpecs(p *policy) []ruleset.ClauseSpec {
 				}
 			}
 		}
-		named := slices.SortedFunc(maps.Values(byPort), func(a, b *ruleset.ClauseSpec) int {
-			return strings.Compare(a.Clause.NamedPort, b.Clause.NamedPort)
+		keys := slices.SortedFunc(maps.Keys(byPort), func(a, b resolved) int {
+			return strings.Compare(byPort[a].Clause.NamedPort, byPort[b].Clause.NamedPort)
 		})
-		for _, s := range named {
-			specs = append(specs, *s)
+		for _, key := range keys {
+			specs = append(specs, *byPort[key])
+			meta = append(meta, clauseMeta{r: r, named: true, np: key.np, port: key.port})
 		}
 	}
-	return specs
+	return specs, meta
+}
+
+type resolved struct {
+	np   namedPort
+	port uint16
 }
 
 // portIdents are the identities on which a named port resolves to port.
@@ -377,6 +429,9 @@ func (k *compiler) resolvedIdents(np namedPort) []portIdents {
 	}
 	var out []portIdents
 	for id := range k.idents {
+		if len(k.idents[id].pods) == 0 {
+			continue // emptied by SetPodLabels
+		}
 		for _, port := range resolve(k.pods[k.idents[id].pods[0]].ports, np) {
 			i := slices.IndexFunc(out, func(p portIdents) bool { return p.port == port })
 			if i < 0 {
@@ -482,7 +537,7 @@ func (k *compiler) policy(id int32, o *networkingv1.NetworkPolicy) *policy {
 		for i, r := range o.Spec.Egress {
 			p.rules[ruleset.Egress] = append(p.rules[ruleset.Egress], k.rule(o.Namespace, int32(i), r.To, r.Ports))
 		}
-		p.egressSpecs = k.egressSpecs(p)
+		p.egressSpecs, p.egressMeta = k.egressSpecs(p)
 	}
 	return p
 }
@@ -513,7 +568,10 @@ func (k *compiler) rule(ns string, index int32, peers []networkingv1.NetworkPoli
 			r.blocks = append(r.blocks, blk)
 			continue
 		}
-		r.idents = append(r.idents, k.selectPeers(ns, peer.NamespaceSelector, peer.PodSelector)...)
+		if sel := k.selectPeers(ns, peer.NamespaceSelector, peer.PodSelector); sel != nil {
+			r.sels = append(r.sels, sel)
+			r.idents = append(r.idents, sel.idents...)
+		}
 	}
 	slices.Sort(r.idents)
 	r.idents = slices.Compact(r.idents)
@@ -528,22 +586,22 @@ func mustCIDR(s string) netip.Prefix {
 	return p
 }
 
-// selectPods returns the pods a policy's spec.podSelector picks in its own
-// namespace. An unparsable selector picks every pod there, so that the
-// policy fails closed.
+// selectPods returns the identities a policy's spec.podSelector picks in
+// its own namespace. An unparsable selector picks every pod there, so that
+// the policy fails closed.
 func (k *compiler) selectPods(o *networkingv1.NetworkPolicy) []uint32 {
 	sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector)
 	if err != nil {
 		return k.byNS[o.Namespace]
 	}
-	return k.match(o.Namespace+"\x00"+sel.String(), []string{o.Namespace}, sel)
+	return k.match(o.Namespace+"\x00"+sel.String(), []string{o.Namespace}, sel).idents
 }
 
 // selectPeers evaluates one peer's selectors: namespaceSelector alone picks
 // every pod of the matching namespaces, podSelector alone pods of the
 // policy's namespace, both together the matching pods of the matching
 // namespaces.
-func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) []uint32 {
+func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) *selection {
 	namespaces := []string{ns}
 	nsKey := ns
 	if nsSel != nil {
@@ -551,7 +609,7 @@ func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) [
 		if err != nil {
 			return nil
 		}
-		namespaces = namespaces[:0]
+		namespaces = nil
 		for _, name := range k.nsNames {
 			if s.Matches(k.nsLabels[name]) {
 				namespaces = append(namespaces, name)
@@ -570,18 +628,18 @@ func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) [
 	return k.match(nsKey+"\x00"+ps.String(), namespaces, ps)
 }
 
-func (k *compiler) match(key string, namespaces []string, sel labels.Selector) []uint32 {
+func (k *compiler) match(key string, namespaces []string, sel labels.Selector) *selection {
 	if r, ok := k.selCache[key]; ok {
 		return r
 	}
-	var out []uint32
+	r := &selection{namespaces: namespaces, sel: sel}
 	for _, ns := range namespaces {
 		for _, id := range k.byNS[ns] {
 			if sel.Matches(k.idents[id].labels) {
-				out = append(out, id)
+				r.idents = append(r.idents, id)
 			}
 		}
 	}
-	k.selCache[key] = out
-	return out
+	k.selCache[key] = r
+	return r
 }

@@ -157,8 +157,8 @@ func cyclonusAllowed(c *model.Cluster, pol *matcher.Policy, f flow) (egress, ing
 
 type diffStats struct {
 	clusters, flows, allowed int
-	mismatches              int
-	reasons                 [8]int // compiled verdict reasons, both directions
+	mismatches               int
+	reasons                  [8]int // compiled verdict reasons, both directions
 }
 
 func (st *diffStats) add(o diffStats) {
@@ -313,4 +313,3 @@ func TestDifferentialInvalid(t *testing.T) {
 	}
 	t.Logf("compiled vs naive (invalid policies, other protocols): %s", &st)
 }
-

@@ -138,12 +138,17 @@ type ContainerPort struct {
 	Protocol corev1.Protocol
 }
 
-// Ports lists the pod's container ports (init containers that restart, i.e.
-// sidecars, included), protocol defaulted.
+// Ports lists the pod's container ports, protocol defaulted: those of its
+// containers and of its sidecars (init containers with restartPolicy
+// Always); a plain init container has finished and serves nothing.
 func Ports(p *corev1.Pod) []ContainerPort {
 	var out []ContainerPort
 	add := func(cs []corev1.Container) {
 		for _, c := range cs {
+			if isInit := len(p.Spec.InitContainers) > 0 && &cs[0] == &p.Spec.InitContainers[0]; isInit &&
+				(c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
+				continue
+			}
 			for _, cp := range c.Ports {
 				proto := cp.Protocol
 				if proto == "" {

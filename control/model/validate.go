@@ -171,6 +171,20 @@ func ValidatePod(p *corev1.Pod) error {
 	if _, err := PodIPs(p); err != nil {
 		errs = append(errs, err)
 	}
+	for kind, cs := range map[string][]corev1.Container{"initContainers": p.Spec.InitContainers, "containers": p.Spec.Containers} {
+		for i, c := range cs {
+			for j, cp := range c.Ports {
+				switch cp.Protocol {
+				case "", corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP:
+				default:
+					errs = append(errs, fmt.Errorf("spec.%s[%d].ports[%d].protocol: Unsupported value: %q: supported values: \"TCP\", \"UDP\", \"SCTP\"", kind, i, j, cp.Protocol))
+				}
+				if cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+					errs = append(errs, fmt.Errorf("spec.%s[%d].ports[%d].containerPort: Invalid value: %d: must be between 1 and 65535, inclusive", kind, i, j, cp.ContainerPort))
+				}
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 

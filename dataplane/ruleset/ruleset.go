@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"fmt"
+	"slices"
 	"net/netip"
 	"sync/atomic"
 )
@@ -100,16 +101,15 @@ type Ruleset struct {
 	Pods       []Pod
 	Policies   []Policy
 	byIP       map[netip.Addr]PodID
-	// ident maps the address of every peer pod (active, not hostNetwork)
-	// to its identity.
-	ident  map[netip.Addr]uint32
-	tables int
+	// ident is the identity of every pod, NoIdentity for pods that are
+	// never peers (hostNetwork, no address).
+	ident []int32
 }
 
 // Identity returns the identity of the pod owning addr, or NoIdentity.
 func (r *Ruleset) Identity(addr netip.Addr) int32 {
-	if id, ok := r.ident[addr]; ok {
-		return int32(id)
+	if id, ok := r.byIP[addr]; ok {
+		return r.ident[id]
 	}
 	return NoIdentity
 }
@@ -122,7 +122,29 @@ func (r *Ruleset) PodByIP(a netip.Addr) (PodID, bool) {
 }
 
 // Tables reports how many distinct tables the pods share.
-func (r *Ruleset) Tables() int { return r.tables }
+func (r *Ruleset) Tables() int {
+	seen := map[*Table]bool{}
+	for i := range r.Pods {
+		for _, t := range r.Pods[i].Tables {
+			if t != nil {
+				seen[t] = true
+			}
+		}
+	}
+	return len(seen)
+}
+
+// Derive returns a snapshot with the same pods (by index, with the same
+// addresses) and policies but new tables, and with pod's identity changed.
+// r is not modified.
+func (r *Ruleset) Derive(pods []Pod, pod PodID, ident int32) *Ruleset {
+	n := *r
+	n.Generation = 0
+	n.Pods = pods
+	n.ident = slices.Clone(r.ident)
+	n.ident[pod] = ident
+	return &n
+}
 
 // Reason says why a verdict came out as it did.
 type Reason uint8
@@ -209,17 +231,12 @@ func (p *Publisher) Publish(r *Ruleset) uint64 {
 }
 
 // New assembles a snapshot from pods whose Tables are set, the policies
-// their clauses index, and the identity of every peer address. Addresses
-// claimed by several pods go to the first non-hostNetwork pod in order.
-func New(pods []Pod, policies []Policy, ident map[netip.Addr]uint32) *Ruleset {
+// their clauses index, and the identity of every pod (NoIdentity for pods
+// that are never peers). Addresses claimed by several pods go to the first
+// non-hostNetwork pod in order.
+func New(pods []Pod, policies []Policy, ident []int32) *Ruleset {
 	r := &Ruleset{Pods: pods, Policies: policies, byIP: make(map[netip.Addr]PodID, len(pods)), ident: ident}
-	seen := map[*Table]bool{}
 	for i := range pods {
-		for _, t := range pods[i].Tables {
-			if t != nil && !seen[t] {
-				seen[t] = true
-			}
-		}
 		for _, a := range pods[i].IPs {
 			if prev, ok := r.byIP[a]; ok && !pods[prev].HostNetwork {
 				continue
@@ -227,6 +244,5 @@ func New(pods []Pod, policies []Policy, ident map[netip.Addr]uint32) *Ruleset {
 			r.byIP[a] = PodID(i)
 		}
 	}
-	r.tables = len(seen)
 	return r
 }

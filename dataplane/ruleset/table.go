@@ -424,3 +424,20 @@ func sameBits(a, b Bits) bool {
 	}
 	return &a[0] == &b[0]
 }
+
+// WithIdentity returns a copy of the table in which identity id is admitted
+// by the clauses in b (which must have one bit per clause). The receiver is
+// not modified; both stay valid, so a snapshot can be derived from the
+// previous one without rebuilding tables.
+func (t *Table) WithIdentity(id uint32, b Bits) *Table {
+	nt := *t
+	nt.idents = make([]uint32, max(len(t.idents), int(id)+1))
+	copy(nt.idents, t.idents)
+	k := slices.IndexFunc(t.sets, func(s Bits) bool { return slices.Equal(s, b) })
+	if k < 0 {
+		k = len(t.sets)
+		nt.sets = append(slices.Clip(t.sets), slices.Clone(b))
+	}
+	nt.idents[id] = uint32(k)
+	return &nt
+}

@@ -1,0 +1,37 @@
+# xdpolicy — see README.md. Everything here is what CI runs (.ci/run calls
+# `make test`).
+GO        ?= go
+BIN       := bin/xdpolicy
+GOFLAGS   ?=
+PKGS      := ./...
+
+.PHONY: build test bench demo generate vet clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/xdpolicy
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet $(PKGS)
+
+# All tests, then every benchmark once so they keep compiling and asserting.
+# Privileged tests (BPF, AF_XDP, network namespaces) need root and skip with
+# one line each without it.
+test: vet build
+	$(GO) test -count=1 -timeout 25m $(PKGS)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 10m $(PKGS)
+
+# The benchmarks with enough iterations to read figures from.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./control/... ./dataplane/...
+
+# The demo: every scenario under deploy/examples, step by step.
+demo: build
+	@./scripts/demo.sh $(BIN)
+
+# Regenerate the BPF objects (needs clang, llvm, libbpf-dev).
+generate:
+	$(GO) generate ./xdpprog/
+
+clean:
+	rm -rf bin
