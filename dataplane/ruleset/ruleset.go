@@ -2,8 +2,8 @@ package ruleset
 
 import (
 	"fmt"
-	"slices"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 )
 
