@@ -42,13 +42,16 @@ func (l *lab) rxSocket(t *testing.T, cfg UMEMConfig, opts SocketOptions) (*UMEM,
 	return u, rx, free
 }
 
-// receiveMatching polls rx until a frame equal to want arrives, recycling
-// other frames into free.
-func receiveMatching(t *testing.T, u *UMEM, rx *Socket, free *FreeList, want []byte) Desc {
+// receiveMatching sends want and polls rx until it arrives, recycling
+// other frames into free. It sends again every poll interval: a frame sent
+// while a freshly created veth is still coming up is lost, and on a loaded
+// machine that window can outlast the first send.
+func receiveMatching(t *testing.T, l *lab, u *UMEM, rx *Socket, free *FreeList, want []byte) Desc {
 	t.Helper()
 	descs := make([]Desc, 16)
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
+		l.send(want)
 		if _, err := rx.Poll(100 * time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +69,7 @@ func receiveMatching(t *testing.T, u *UMEM, rx *Socket, free *FreeList, want []b
 		}
 	}
 	st, _ := rx.Stats()
-	t.Fatalf("frame not received within 3s; stats %+v", st)
+	t.Fatalf("frame not received within 5s; stats %+v", st)
 	return Desc{}
 }
 
@@ -87,8 +90,7 @@ func TestReceive(t *testing.T) {
 	l := newLab(t)
 	u, rx, free := l.rxSocket(t, UMEMConfig{NumFrames: 64, BindFlags: unix.XDP_COPY}, SocketOptions{})
 	frame := l.frameToHost(9, []byte("hello af_xdp"))
-	l.send(frame)
-	d := receiveMatching(t, u, rx, free, frame)
+	d := receiveMatching(t, l, u, rx, free, frame)
 	if d.Len != uint32(len(frame)) || u.FrameBase(d.Addr) == d.Addr {
 		t.Errorf("desc %+v: want len %d and an address past the frame's headroom", d, len(frame))
 	}
@@ -107,8 +109,7 @@ func TestZeroCopyReinject(t *testing.T) {
 	srv := listenUDP(t, l.h, "192.0.2.1:7000")
 	payload := []byte("re-injected without a copy")
 	frame := l.frameToHost(7000, payload)
-	l.send(frame)
-	d := receiveMatching(t, u, rx, free, frame)
+	d := receiveMatching(t, l, u, rx, free, frame)
 
 	if n := tx.Transmit([]Desc{d}); n != 1 {
 		t.Fatalf("Transmit queued %d", n)
