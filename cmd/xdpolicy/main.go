@@ -30,7 +30,8 @@ func run() int {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(probeCmd(), explainCmd())
+	root.AddCommand(probeCmd(), explainCmd(), labCmd())
+	root.AddCommand(agentCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "xdpolicy:", err)
 		var ue usageError

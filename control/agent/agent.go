@@ -1,0 +1,308 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdpolicy/xdpolicy/control/compile"
+	"github.com/xdpolicy/xdpolicy/control/model"
+	"github.com/xdpolicy/xdpolicy/control/source"
+	"github.com/xdpolicy/xdpolicy/dataplane/flowtable"
+	"github.com/xdpolicy/xdpolicy/dataplane/podwire"
+	"github.com/xdpolicy/xdpolicy/dataplane/punt"
+	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
+	"github.com/xdpolicy/xdpolicy/dataplane/worker"
+	"github.com/xdpolicy/xdpolicy/xdpprog"
+)
+
+// Config is the agent's configuration (the flags of `xdpolicy agent`).
+type Config struct {
+	Source   source.Source
+	Node     string
+	StateDir string
+	// BPFFSDir holds the pinned maps and links (default
+	// /sys/fs/bpf/xdpolicy/<node>).
+	BPFFSDir string
+	Fastpath bool
+	Mode     flowtable.Mode
+	// KeepOnExit leaves programs, the punt port and pins in place.
+	KeepOnExit  bool
+	Workers     int
+	MetricsAddr string
+	// NumFrames of the UMEM (default 4096).
+	NumFrames int
+	Log       *slog.Logger
+	// Ready, if set, receives the bound metrics address once listening.
+	OnListen func(addr string)
+}
+
+// Run runs the agent until ctx ends.
+func Run(ctx context.Context, cfg Config) (err error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW)")
+	}
+	if cfg.Node == "" {
+		return errors.New("--node is required")
+	}
+	if cfg.BPFFSDir == "" {
+		cfg.BPFFSDir = filepath.Join(xdpprog.BPFFSRoot, "xdpolicy", cfg.Node)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.NumCPU()
+	}
+	if cfg.NumFrames <= 0 {
+		cfg.NumFrames = 4096
+	}
+	if cfg.StateDir != "" {
+		if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+			return fmt.Errorf("state dir: %w", err)
+		}
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raise RLIMIT_MEMLOCK: %w", err)
+	}
+	if fd, err := unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+		return fmt.Errorf("AF_XDP socket: %w (kernel needs CONFIG_XDP_SOCKETS=y)", err)
+	} else {
+		unix.Close(fd)
+	}
+
+	objs, err := xdpprog.Load(xdpprog.Options{PinDir: cfg.BPFFSDir})
+	if err != nil {
+		return fmt.Errorf("load BPF programs (is bpffs mounted at %s? `mount -t bpf bpffs %s`): %w", xdpprog.BPFFSRoot, xdpprog.BPFFSRoot, err)
+	}
+	old, _ := objs.ReadConfig()
+	genBase := old.Generation
+	log.Info("loaded programs", "pin_dir", cfg.BPFFSDir, "previous_generation", genBase, "previous_punt_ifindex", old.PuntIfindex)
+
+	pp, err := punt.Open(punt.Options{Objects: objs, PinDir: cfg.BPFFSDir, Queues: cfg.Workers, NumFrames: cfg.NumFrames})
+	if err != nil {
+		objs.Close()
+		return fmt.Errorf("punt port: %w", err)
+	}
+	wirer := podwire.New(podwire.Options{Objects: objs, UMEM: pp.UMEM, PinDir: cfg.BPFFSDir, Node: cfg.Node, Log: log})
+	defer func() {
+		// Teardown, also after a failure.
+		keep := cfg.KeepOnExit
+		wirer.Close(keep)
+		if cerr := pp.Close(keep); cerr != nil {
+			log.Warn("close punt port", "err", cerr)
+		}
+		if !keep {
+			// Nobody punts to a deleted dp0; fail closed for a later agent.
+			_ = objs.SetConfig(xdpprog.Config{})
+			if uerr := objs.Unpin(); uerr != nil {
+				log.Warn("unpin maps", "err", uerr)
+			}
+		}
+		objs.Close()
+		log.Info("agent stopped", "kept_attached", keep)
+	}()
+
+	var flags uint32
+	if !cfg.Fastpath {
+		flags |= xdpprog.ConfigFastpathOff
+	}
+	kcfg := xdpprog.Config{Generation: genBase, PuntIfindex: uint32(pp.Index0), Flags: flags, MaxPuntLen: punt.MTU + 14}
+	if err := objs.SetConfig(kcfg); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+
+	var pub ruleset.Publisher
+	cls := &flowtable.Classifier{}
+	cls.SetNodeAddrs(nodeAddrs())
+	flows := flowtable.NewTable(objs.Flows)
+	flows.SetGeneration(genBase)
+	counters := &worker.Counters{}
+	var ready atomic.Bool
+	var kernelGen atomic.Uint32
+	kernelGen.Store(genBase)
+
+	// Ops server.
+	srv, err := serveOps(cfg, log, &ready, objs, counters, wirer, pp, &kernelGen)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	wctx, stopWorkers := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		stopWorkers()
+		wg.Wait()
+	}()
+	per := cfg.NumFrames / len(pp.RX)
+	for i, rx := range pp.RX {
+		w := worker.New(worker.Config{
+			UMEM: pp.UMEM, RX: rx, Free: pp.UMEM.NewFreeList(i*per, per),
+			Publisher: &pub, Classifier: cls, Flows: flows, Targets: wirer.Registry(),
+			Counters: counters, Mode: cfg.Mode,
+		})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.Run(wctx)
+			w.Drain(200 * time.Millisecond)
+		}()
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		q := &worker.Requests{Map: objs.Requests, Publisher: &pub, Classifier: cls, Flows: flows, Mode: cfg.Mode, Counters: counters}
+		if err := q.Run(wctx); err != nil {
+			log.Error("requests ring buffer", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+				if _, err := flows.SweepDenies(flowtable.DenyTTL); err != nil {
+					log.Debug("sweep denies", "err", err)
+				}
+			}
+		}
+	}()
+
+	// The control loop: snapshots from the source, periodic re-sync of the
+	// wiring (pods whose veth appears after their YAML).
+	snaps := make(chan *model.Cluster, 1)
+	srcErr := make(chan error, 1)
+	go func() {
+		srcErr <- cfg.Source.Run(ctx, func(c *model.Cluster) {
+			select {
+			case <-snaps: // coalesce: only the newest matters
+			default:
+			}
+			snaps <- c
+		})
+	}()
+	resync := time.NewTicker(time.Second)
+	defer resync.Stop()
+	var cur *ruleset.Ruleset
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping", "keep_on_exit", cfg.KeepOnExit)
+			return nil
+		case err := <-srcErr:
+			if err != nil {
+				return fmt.Errorf("control source: %w", err)
+			}
+			<-ctx.Done()
+			return nil
+		case c := <-snaps:
+			start := time.Now()
+			rs, problems := compile.Compile(c)
+			for _, p := range problems {
+				log.Warn("policy fails closed", "problem", p.Error())
+			}
+			g := pub.Publish(rs)
+			cur = rs
+			kg := genBase + uint32(g)
+			cls.SetNodeAddrs(nodeAddrs())
+			if err := wirer.Sync(rs); err != nil {
+				log.Error("sync pods", "err", err)
+			}
+			flows.SetGeneration(kg)
+			kcfg.Generation = kg
+			if err := objs.SetConfig(kcfg); err != nil {
+				log.Error("write config generation", "err", err)
+			}
+			kernelGen.Store(kg)
+			st, err := flows.Revalidate(cls, rs, cfg.Mode)
+			if err != nil {
+				log.Error("revalidate flows", "err", err)
+			}
+			ready.Store(true)
+			log.Info("snapshot enforced", "generation", kg, "pods", len(rs.Pods), "policies", len(rs.Policies),
+				"wired", wirer.Count(), "flows_seen", st.Seen, "kept", st.Kept, "denied", st.Denied, "deleted", st.Deleted,
+				"took", time.Since(start).Round(time.Microsecond))
+		case <-resync.C:
+			if cur != nil {
+				cls.SetNodeAddrs(nodeAddrs())
+				if err := wirer.Sync(cur); err != nil {
+					log.Error("sync pods", "err", err)
+				}
+			}
+		}
+	}
+}
+
+// nodeAddrs lists the addresses of the node's netns.
+func nodeAddrs() []netip.Addr {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
+}
+
+func serveOps(cfg Config, log *slog.Logger, ready *atomic.Bool, objs *xdpprog.Objects, c *worker.Counters,
+	wirer *podwire.Wirer, pp *punt.Port, gen *atomic.Uint32) (*http.Server, error) {
+	addr := cfg.MetricsAddr
+	if addr == "" {
+		addr = "127.0.0.1:9090"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{objs: objs, c: c, wirer: wirer, pp: pp, gen: gen})
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "no snapshot enforced yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	log.Info("ops server listening", "addr", ln.Addr().String())
+	if cfg.OnListen != nil {
+		cfg.OnListen(ln.Addr().String())
+	}
+	return srv, nil
+}

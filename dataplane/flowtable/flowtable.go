@@ -1,0 +1,331 @@
+package flowtable
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
+	"github.com/xdpolicy/xdpolicy/xdpprog"
+)
+
+// FlagReply in FlowVal.Pad[0] marks an entry written for the reply of a
+// flow decided at the other hook. The kernel ignores the byte.
+const FlagReply = 1
+
+// DenyTTL is how long a cached deny lives.
+const DenyTTL = 2 * time.Second
+
+// Mode says what a policy change does to established flows.
+type Mode int
+
+const (
+	// Revalidate re-decides every cached flow with the new policy: flows
+	// now denied are cut at their next packet.
+	Revalidate Mode = iota
+	// Keep re-stamps every cached allow: established flows stay, new flows
+	// get the new policy.
+	Keep
+)
+
+func (m Mode) String() string {
+	if m == Keep {
+		return "keep"
+	}
+	return "revalidate"
+}
+
+// ParseMode parses "revalidate" or "keep".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "revalidate", "":
+		return Revalidate, nil
+	case "keep":
+		return Keep, nil
+	}
+	return 0, fmt.Errorf("--existing-connections=%q: want revalidate or keep", s)
+}
+
+// Classifier decides flows. Its node address set is replaced as a whole.
+type Classifier struct {
+	node atomic.Pointer[[]netip.Addr]
+}
+
+// SetNodeAddrs sets the node's own addresses (unmapped).
+func (c *Classifier) SetNodeAddrs(addrs []netip.Addr) {
+	a := make([]netip.Addr, 0, len(addrs))
+	for _, x := range addrs {
+		a = append(a, x.Unmap())
+	}
+	c.node.Store(&a)
+}
+
+// IsNode reports whether a is one of the node's addresses.
+func (c *Classifier) IsNode(a netip.Addr) bool {
+	p := c.node.Load()
+	if p == nil {
+		return false
+	}
+	for _, x := range *p {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Decide returns the verdict for a flow from src to dst (port dport) caught
+// at hook. A nil ruleset denies. Node-address sources at the entering hook
+// come back allowed with Reason HostNetwork.
+func (c *Classifier) Decide(rs *ruleset.Ruleset, hook xdpprog.Hook, proto uint8, src, dst netip.Addr, dport uint16) ruleset.Verdict {
+	if rs == nil {
+		return ruleset.Verdict{Reason: ruleset.NoSnapshot, Clause: -1}
+	}
+	src, dst = src.Unmap(), dst.Unmap()
+	if hook == xdpprog.HookIngress {
+		if c.IsNode(src) {
+			return ruleset.Verdict{Allowed: true, Reason: ruleset.HostNetwork, Clause: -1}
+		}
+		pod, ok := rs.PodByIP(dst)
+		if !ok {
+			return ruleset.Verdict{Reason: ruleset.UnknownPod, Clause: -1}
+		}
+		return rs.Verdict(pod, ruleset.Ingress, src, ruleset.Proto(proto), dport)
+	}
+	// TODO(services): a destination that is a Service ClusterIP must be
+	// deferred here (allowed) and decided as egress(A) ∧ ingress(B) at the
+	// entering hook after DNAT, once the model carries Services.
+	pod, ok := rs.PodByIP(src)
+	if !ok {
+		return ruleset.Verdict{Reason: ruleset.UnknownPod, Clause: -1}
+	}
+	return rs.Verdict(pod, ruleset.Egress, dst, ruleset.Proto(proto), dport)
+}
+
+// DecideKey decides the flow of a cache key; a reply entry (reply true) is
+// decided as the original flow it answers.
+func (c *Classifier) DecideKey(rs *ruleset.Ruleset, k *xdpprog.FlowKey, reply bool) ruleset.Verdict {
+	hook := xdpprog.Hook(k.Hook)
+	src, dst := netip.AddrFrom16(k.Saddr), netip.AddrFrom16(k.Daddr)
+	dport := ntoh16(k.Dport)
+	if reply {
+		hook = Opposite(hook)
+		src, dst = dst, src
+		dport = ntoh16(k.Sport)
+	}
+	return c.Decide(rs, hook, k.Proto, src, dst, dport)
+}
+
+// Opposite returns the other hook.
+func Opposite(h xdpprog.Hook) xdpprog.Hook {
+	if h == xdpprog.HookEgress {
+		return xdpprog.HookIngress
+	}
+	return xdpprog.HookEgress
+}
+
+// ReplyKey returns the key under which the opposite hook of the same veth
+// sees the reply of k.
+func ReplyKey(k *xdpprog.FlowKey) xdpprog.FlowKey {
+	return xdpprog.FlowKey{
+		Hook:    uint8(Opposite(xdpprog.Hook(k.Hook))),
+		Proto:   k.Proto,
+		Ifindex: k.Ifindex,
+		Sport:   k.Dport,
+		Dport:   k.Sport,
+		Saddr:   k.Daddr,
+		Daddr:   k.Saddr,
+	}
+}
+
+func ntoh16(v uint16) uint16 { return v>>8 | v<<8 }
+
+// Clock converts Go's monotonic clock into bpf_ktime_get_ns time
+// (CLOCK_MONOTONIC) without a system call per reading.
+type Clock struct {
+	t0    time.Time
+	mono0 int64
+}
+
+// NewClock reads CLOCK_MONOTONIC once.
+func NewClock() Clock {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return Clock{t0: time.Now(), mono0: ts.Nano()}
+}
+
+// Now returns the current CLOCK_MONOTONIC time in nanoseconds.
+func (c Clock) Now() uint64 { return uint64(c.mono0 + int64(time.Since(c.t0))) }
+
+// Table is the flows map plus the generation the kernel currently expects.
+type Table struct {
+	m      *ebpf.Map
+	gen    atomic.Uint32
+	denies atomic.Int64
+	clock  Clock
+}
+
+// NewTable wraps the flows map.
+func NewTable(m *ebpf.Map) *Table { return &Table{m: m, clock: NewClock()} }
+
+// SetGeneration sets the generation stamped on new entries.
+func (t *Table) SetGeneration(g uint32) { t.gen.Store(g) }
+
+// Generation returns the generation stamped on new entries.
+func (t *Table) Generation() uint32 { return t.gen.Load() }
+
+// Writer writes verdicts for one goroutine with its own scratch space, so
+// writing allocates nothing.
+type Writer struct {
+	t    *Table
+	rkey xdpprog.FlowKey
+	val  xdpprog.FlowVal
+	old  xdpprog.FlowVal
+}
+
+// NewWriter returns a Writer for one goroutine.
+func (t *Table) NewWriter() *Writer { return &Writer{t: t} }
+
+// Record caches the verdict for k: an allow for k and its reply, a deny for
+// k alone.
+func (w *Writer) Record(k *xdpprog.FlowKey, allowed bool) error {
+	now := w.t.clock.Now()
+	w.val = xdpprog.FlowVal{Generation: w.t.gen.Load(), LastSeenNs: now}
+	if !allowed {
+		w.val.Verdict = xdpprog.VerdictDeny
+		w.t.denies.Add(1)
+		return w.t.m.Update(k, &w.val, ebpf.UpdateAny)
+	}
+	w.val.Verdict = xdpprog.VerdictAllow
+	w.rkey = ReplyKey(k)
+	// Reply first: the forward entry lets the first packet through, and its
+	// answer must find its entry already there.
+	w.val.Pad[0] = FlagReply
+	err1 := w.t.m.Update(&w.rkey, &w.val, ebpf.UpdateAny)
+	w.val.Pad[0] = 0
+	err2 := w.t.m.Update(k, &w.val, ebpf.UpdateAny)
+	if err1 != nil {
+		return err1
+	}
+	return err2
+}
+
+// CachedAllow reports whether k has an allow entry of any generation (used
+// by --existing-connections=keep to keep a flow that was already allowed).
+func (w *Writer) CachedAllow(k *xdpprog.FlowKey) bool {
+	if err := w.t.m.Lookup(k, &w.old); err != nil {
+		return false
+	}
+	return w.old.Verdict == xdpprog.VerdictAllow
+}
+
+// RevalidateStats counts what a walk did.
+type RevalidateStats struct {
+	Seen, Kept, Denied, Deleted int
+}
+
+type entry struct {
+	k xdpprog.FlowKey
+	v xdpprog.FlowVal
+}
+
+// Revalidate walks the whole cache after the ruleset changed to rs (whose
+// generation is already set with SetGeneration): in Revalidate mode every
+// allow is re-decided and re-stamped or turned into a deny, in Keep mode
+// every allow is re-stamped; old denies are deleted so the next packet is
+// decided afresh.
+func (t *Table) Revalidate(c *Classifier, rs *ruleset.Ruleset, mode Mode) (RevalidateStats, error) {
+	var st RevalidateStats
+	var all []entry
+	var e entry
+	it := t.m.Iterate()
+	for it.Next(&e.k, &e.v) {
+		all = append(all, e)
+	}
+	if err := it.Err(); err != nil {
+		return st, fmt.Errorf("walk flows: %w", err)
+	}
+	gen := t.gen.Load()
+	now := t.clock.Now()
+	var errs []error
+	for i := range all {
+		e := &all[i]
+		st.Seen++
+		if e.v.Verdict != xdpprog.VerdictAllow {
+			if e.v.Generation != gen {
+				if err := t.m.Delete(&e.k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					errs = append(errs, err)
+				}
+				st.Deleted++
+			}
+			continue
+		}
+		if e.v.Generation == gen {
+			continue // written by a worker with this snapshot already
+		}
+		allowed := mode == Keep || c.DecideKey(rs, &e.k, e.v.Pad[0] == FlagReply).Allowed
+		e.v.Generation = gen
+		if allowed {
+			st.Kept++
+		} else {
+			st.Denied++
+			e.v = xdpprog.FlowVal{Verdict: xdpprog.VerdictDeny, Generation: gen, LastSeenNs: now}
+			t.denies.Add(1)
+		}
+		if err := t.m.Update(&e.k, &e.v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return st, errors.Join(errs...)
+}
+
+// SweepDenies deletes deny entries older than ttl and returns how many. It
+// walks the map only when denies were written since the last sweep left
+// none.
+func (t *Table) SweepDenies(ttl time.Duration) (int, error) {
+	if t.denies.Swap(0) == 0 {
+		return 0, nil
+	}
+	now := t.clock.Now()
+	var k xdpprog.FlowKey
+	var v xdpprog.FlowVal
+	var old []xdpprog.FlowKey
+	remaining := 0
+	it := t.m.Iterate()
+	for it.Next(&k, &v) {
+		if v.Verdict != xdpprog.VerdictDeny {
+			continue
+		}
+		if now-v.LastSeenNs > uint64(ttl) || v.LastSeenNs > now {
+			old = append(old, k)
+		} else {
+			remaining++
+		}
+	}
+	t.denies.Add(int64(remaining))
+	if err := it.Err(); err != nil {
+		t.denies.Add(1) // look again next time
+		return 0, err
+	}
+	for i := range old {
+		_ = t.m.Delete(&old[i])
+	}
+	return len(old), nil
+}
+
+// Len counts the entries (for tests and metrics; walks the map).
+func (t *Table) Len() int {
+	var k xdpprog.FlowKey
+	var v xdpprog.FlowVal
+	n := 0
+	it := t.m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
