@@ -300,6 +300,10 @@ func TestPunt(t *testing.T) {
 	}
 }
 
+// podListed is a pods map entry with no isolation flag (bit 7 means
+// nothing to the program).
+const podListed = 1 << 7
+
 func TestPassAndDrop(t *testing.T) {
 	requireBPF(t)
 	arp := serialize(t, eth(HookEgress, layers.EthernetTypeARP), &layers.ARP{
@@ -320,11 +324,14 @@ func TestPassAndDrop(t *testing.T) {
 	tests := []struct {
 		name    string
 		frame   []byte
-		pod     uint32 // pods map flags; 0 deletes the entry
+		pod     uint32 // pods map flags; 0 deletes the entry, podListed is no flag
 		want    uint32
 		counter Counter
 	}{
-		{"not isolated", tcp, PodIsolatedIngress, actPass, CounterPassNotIsolated},
+		{"not isolated", tcp, podListed, actPass, CounterPassNotIsolated},
+		// Isolated for ingress only: a flow the pod opens must still be
+		// decided (and its reply cached), so a miss is punted.
+		{"isolated the other way", tcp, PodIsolatedIngress, actRedirect, CounterPunt},
 		{"unknown pod", tcp, 0, actPass, CounterPassNotIsolated},
 		{"unknown pod malformed", patch(tcp, ipOff, 0x4f), 0, actPass, CounterPassNotIsolated},
 		{"arp", arp, PodIsolatedEgress, actPass, CounterPassNonIP},

@@ -316,7 +316,6 @@ static __always_inline int punt(struct __sk_buff *skb, const struct flow_key *k,
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
-	__u32 isolated = hook == HOOK_INGRESS ? POD_ISOLATED_INGRESS : POD_ISOLATED_EGRESS;
 	__u32 ifindex = skb->ifindex, zero = 0;
 	struct flow_key k = { .hook = hook, .ifindex = ifindex };
 	struct pod_info *pod;
@@ -324,9 +323,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	struct flow_val *v;
 
 	/* Pods no policy isolates are none of our business, malformed frames
-	 * included: look them up before parsing anything. */
+	 * included: look them up before parsing anything. A pod isolated in
+	 * one direction only still goes through the cache in the other: the
+	 * flows it opens there must leave a reply entry behind, or their
+	 * answers would be judged as new flows by the isolated direction.
+	 * Userspace allows them as not isolated and caches both ways. */
 	pod = bpf_map_lookup_elem(&pods, &ifindex);
-	if (!pod || !(pod->flags & isolated)) {
+	if (!pod || !(pod->flags & (POD_ISOLATED_INGRESS | POD_ISOLATED_EGRESS))) {
 		count(CNT_PASS_NOT_ISOLATED);
 		return ACT_PASS;
 	}

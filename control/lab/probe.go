@@ -210,6 +210,11 @@ func Probe(s *State, o ProbeOptions) (*ProbeResult, error) {
 				return err
 			})
 			switch {
+			case errors.Is(err, syscall.ECONNREFUSED):
+				// A reset or port-unreachable came back: the attempt
+				// reached the pod, which serves nothing on that port.
+				// Policy allowed it both ways.
+				ob.Allowed, ob.Observation = true, "refused: reached the pod, nothing listens there"
 			case err != nil:
 				ob.Allowed, ob.Observation = false, describe(err)
 			case reply != p.To:

@@ -344,9 +344,15 @@ func (w *Wirer) pinPath(idx uint32, h xdpprog.Hook) string {
 	return filepath.Join(w.opts.PinDir, fmt.Sprintf("tcx-%d-%s", idx, h))
 }
 
+// ensurePorts opens the re-injection sockets of a pod isolated in any
+// direction: tcx punts the misses of both its hooks (see tcx.c), so both
+// need a way back.
 func (w *Wirer) ensurePorts(wp *wired, flags uint32) error {
+	if flags == 0 {
+		return nil
+	}
 	var errs []error
-	if flags&xdpprog.PodIsolatedEgress != 0 && wp.t.FromPod == nil {
+	if wp.t.FromPod == nil {
 		s, err := w.opts.UMEM.NewSocket(wp.peer, 0, afxdp.SocketOptions{TX: true, Netns: wp.ns})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("TX socket on pod end: %w", err))
@@ -354,7 +360,7 @@ func (w *Wirer) ensurePorts(wp *wired, flags uint32) error {
 			wp.t.FromPod = &Port{sock: s}
 		}
 	}
-	if flags&xdpprog.PodIsolatedIngress != 0 && wp.t.ToPod == nil {
+	if wp.t.ToPod == nil {
 		s, err := w.opts.UMEM.NewSocket(int(wp.t.HostIndex), 0, afxdp.SocketOptions{TX: true})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("TX socket on host end: %w", err))
