@@ -10,6 +10,9 @@ if [ "$(id -u)" != 0 ]; then
 	echo "make demo needs root (it builds network namespaces and loads BPF programs); try: sudo make demo" >&2
 	exit 1
 fi
+if ! command -v ip >/dev/null; then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
+fi
 lab=demo$$
 trap '"$bin" lab down --name "$lab" >/dev/null 2>&1 || true' EXIT
 
