@@ -8,6 +8,7 @@ import (
 
 	"github.com/xdpolicy/xdpolicy/control/compile"
 	"github.com/xdpolicy/xdpolicy/control/model"
+	"github.com/xdpolicy/xdpolicy/control/naive"
 	"github.com/xdpolicy/xdpolicy/control/synth"
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
 )
@@ -115,6 +116,8 @@ func verdictCases(b *testing.B, c *model.Cluster, rs *ruleset.Ruleset) []flowCas
 
 // BenchmarkVerdict measures one compiled lookup (peer trie, port table,
 // bitmap intersection) and asserts both its answer and zero allocations.
+// Each case also runs through the reference interpreter (…/naive), the
+// baseline the compiled figure is reported against.
 func BenchmarkVerdict(b *testing.B) {
 	for _, sc := range scales {
 		c := synth.Cluster(sc.p)
@@ -131,6 +134,14 @@ func BenchmarkVerdict(b *testing.B) {
 				for b.Loop() {
 					if rs.Verdict(fc.pod, fc.dir, fc.peer, fc.proto, fc.port).Allowed != fc.want {
 						b.Fatal("verdict changed")
+					}
+				}
+			})
+			b.Run(fmt.Sprintf("%s/%s/naive", sc.name, fc.name), func(b *testing.B) {
+				pod := c.Pods[fc.pod]
+				for b.Loop() {
+					if naive.Decide(c, pod, fc.dir, fc.peer, fc.proto, fc.port) != fc.want {
+						b.Fatal("the reference interpreter disagrees")
 					}
 				}
 			})
