@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -102,9 +103,13 @@ type env struct {
 	bin      string
 }
 
-func newEnv(t *testing.T, npods int) *env {
+// newEnv builds a node with npods pods p1…pN; pod i is labelled
+// app=apps[i-1] when given, app=p<i> otherwise.
+func newEnv(t *testing.T, npods int, apps ...string) *env {
 	requireRoot(t)
-	e := &env{t: t, tag: fmt.Sprintf("xdpe%d", os.Getpid()%100000)}
+	// Unique per process and per test: netns, pin directory and nft table
+	// names derive from it.
+	e := &env{t: t, tag: fmt.Sprintf("xdpe%d-%d", os.Getpid()%100000, envSeq.Add(1))}
 	e.node = e.tag + "-node"
 	e.nodeName = "node-" + e.tag
 	e.bin = buildBinary(t)
@@ -141,9 +146,13 @@ func newEnv(t *testing.T, npods int) *env {
 		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.conf."+p.host+".proxy_arp=1")
 		run(t, "ip", "-n", n, "route", "add", p.v4+"/32", "dev", p.host)
 		run(t, "ip", "-n", n, "-6", "route", "add", p.v6+"/128", "dev", p.host)
+		app := p.name
+		if i <= len(apps) {
+			app = apps[i-1]
+		}
 		fmt.Fprintf(&yaml, "---\napiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: default, labels: {app: %s}}\n"+
 			"spec: {nodeName: %s, containers: [{name: c, image: x}]}\nstatus: {phase: Running, podIP: %s, podIPs: [{ip: %s}, {ip: %s}]}\n",
-			p.name, p.name, e.nodeName, p.v4, p.v4, p.v6)
+			p.name, app, e.nodeName, p.v4, p.v4, p.v6)
 		e.pods = append(e.pods, p)
 	}
 	if err := os.WriteFile(filepath.Join(e.cluster, "cluster.yaml"), []byte(yaml.String()), 0o644); err != nil {
@@ -152,6 +161,22 @@ func newEnv(t *testing.T, npods int) *env {
 	t.Cleanup(func() { os.RemoveAll(e.bpffs) })
 	return e
 }
+
+// appendCluster adds YAML documents to the cluster file (before the agent
+// starts: the agent would see a half-written file otherwise).
+func (e *env) appendCluster(docs string) {
+	e.t.Helper()
+	f, err := os.OpenFile(filepath.Join(e.cluster, "cluster.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("---\n" + docs); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+var envSeq atomic.Int32
 
 func addNetns(t *testing.T, name string) {
 	t.Helper()
@@ -526,31 +551,7 @@ func TestAgentEndToEnd(t *testing.T) {
 // slow path decided flows of both hooks.
 func (e *env) checkOps(t *testing.T, a *agentProc) {
 	t.Helper()
-	m := regexp.MustCompile(`ops server listening.*addr=(\S+)`).FindStringSubmatch(a.logs())
-	if m == nil {
-		t.Fatal("no ops server address in the log")
-	}
-	get := func(path string) (int, string) {
-		var code int
-		var body []byte
-		var c net.Conn
-		inNetns(t, e.node, func() (err error) {
-			// http.Transport dials on another goroutine (another netns):
-			// dial here and speak HTTP/1.0 by hand.
-			c, err = net.Dial("tcp", m[1])
-			return err
-		})
-		defer c.Close()
-		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		code = resp.StatusCode
-		body, _ = io.ReadAll(resp.Body)
-		return code, string(body)
-	}
+	get := func(path string) (int, string) { return e.get(t, a, path) }
 	if code, _ := get("/readyz"); code != 200 {
 		t.Errorf("/readyz = %d, want 200", code)
 	}
@@ -568,6 +569,31 @@ func (e *env) checkOps(t *testing.T, a *agentProc) {
 	if t.Failed() {
 		t.Logf("metrics:\n%s", metrics)
 	}
+}
+
+// get fetches path from the agent's ops server inside the node netns.
+func (e *env) get(t *testing.T, a *agentProc, path string) (int, string) {
+	t.Helper()
+	m := regexp.MustCompile(`ops server listening.*addr=(\S+)`).FindStringSubmatch(a.logs())
+	if m == nil {
+		t.Fatal("no ops server address in the log")
+	}
+	var c net.Conn
+	inNetns(t, e.node, func() (err error) {
+		// http.Transport dials on another goroutine (another netns):
+		// dial here and speak HTTP/1.0 by hand.
+		c, err = net.Dial("tcp", m[1])
+		return err
+	})
+	defer c.Close()
+	fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 // checkClean verifies the agent removed everything it made.

@@ -201,7 +201,21 @@ func (k *compiler) run() (*ruleset.Ruleset, []Problem) {
 		}
 	}
 	k.rs = ruleset.New(out, k.pols, ident)
+	k.rs.SetServiceIPs(serviceIPs(k.c.Services))
 	return k.rs, k.problems
+}
+
+// serviceIPs collects the ClusterIPs of every Service. A Service whose
+// addresses do not parse (model.Load rejects those) contributes none: egress
+// to it is then decided at the leaving hook like any non-pod address, which
+// fails closed for pods whose egress is isolated.
+func serviceIPs(svcs []*corev1.Service) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range svcs {
+		ips, _ := model.ClusterIPs(s)
+		out = append(out, ips...)
+	}
+	return out
 }
 
 // tableEntry is a table with what its clauses were made from, so that a new

@@ -31,6 +31,20 @@ func DefaultPod(p *corev1.Pod) {
 	}
 }
 
+// DefaultService defaults what the API server defaults and the compiler
+// reads: the namespace, the type, and spec.clusterIPs from spec.clusterIP.
+func DefaultService(s *corev1.Service) {
+	if s.Namespace == "" {
+		s.Namespace = "default"
+	}
+	if s.Spec.Type == "" {
+		s.Spec.Type = corev1.ServiceTypeClusterIP
+	}
+	if len(s.Spec.ClusterIPs) == 0 && s.Spec.ClusterIP != "" && s.Spec.Type != corev1.ServiceTypeExternalName {
+		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
+	}
+}
+
 // DefaultPolicy applies the API server's defaulting for
 // networking.k8s.io/v1 NetworkPolicy: the namespace, protocol TCP on every
 // port, and policyTypes inferred when absent (Ingress always, Egress only

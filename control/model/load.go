@@ -26,10 +26,10 @@ type LoadResult struct {
 	Skipped string
 }
 
-// Load reads Namespaces, Pods and NetworkPolicies from files and directories
+// Load reads Namespaces, Pods, NetworkPolicies and Services from files and directories
 // (walked recursively for *.yaml, *.yml and *.json). A file may hold several
 // YAML documents, a JSON object or a `kind: List` (the output of
-// `kubectl get ns,pods,netpol -A -o yaml|json`). Objects are defaulted and
+// `kubectl get ns,pods,netpol,svc -A -o yaml|json`). Objects are defaulted and
 // validated; the first bad file fails the whole load with an error naming
 // the file, the object and the field, so callers never act on half an input.
 func Load(paths ...string) (*LoadResult, error) {
@@ -52,7 +52,7 @@ func Load(paths ...string) (*LoadResult, error) {
 		if len(shown) > 5 {
 			shown = append(shown[:5:5], "…")
 		}
-		res.Skipped = fmt.Sprintf("skipped %d object(s) that are not Namespace, Pod or NetworkPolicy: %s", n, strings.Join(shown, ", "))
+		res.Skipped = fmt.Sprintf("skipped %d object(s) that are not Namespace, Pod, NetworkPolicy or Service: %s", n, strings.Join(shown, ", "))
 	}
 	return res, nil
 }
@@ -164,6 +164,12 @@ func (l *loader) object(file string, js []byte) error {
 			err = ValidatePod(p)
 		}
 		obj = p
+	case tm.Kind == "Service" && tm.APIVersion == "v1":
+		svc := &corev1.Service{}
+		if err = json.Unmarshal(js, svc); err == nil {
+			err = ValidateService(svc)
+		}
+		obj = svc
 	case tm.Kind == "NetworkPolicy" && tm.APIVersion == "networking.k8s.io/v1":
 		// Strict: a misspelt field in a policy would silently widen or
 		// narrow what it allows.

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +19,10 @@ type Cluster struct {
 	Namespaces []*corev1.Namespace
 	Pods       []*corev1.Pod
 	Policies   []*networkingv1.NetworkPolicy
+	// Services matter only through their ClusterIPs: traffic leaving a pod
+	// for one has not been DNATed yet, so its egress is decided at the
+	// backend's entering hook instead (see dataplane/flowtable).
+	Services []*corev1.Service
 }
 
 // Add appends objects of the kinds a Cluster holds, defaulting them, and
@@ -33,6 +38,9 @@ func (c *Cluster) Add(obj any) bool {
 	case *networkingv1.NetworkPolicy:
 		DefaultPolicy(o)
 		c.Policies = append(c.Policies, o)
+	case *corev1.Service:
+		DefaultService(o)
+		c.Services = append(c.Services, o)
 	default:
 		return false
 	}
@@ -44,6 +52,7 @@ func (c *Cluster) Merge(o *Cluster) {
 	c.Namespaces = append(c.Namespaces, o.Namespaces...)
 	c.Pods = append(c.Pods, o.Pods...)
 	c.Policies = append(c.Policies, o.Policies...)
+	c.Services = append(c.Services, o.Services...)
 }
 
 // Complete adds a Namespace object for every namespace that pods or policies
@@ -86,6 +95,46 @@ func (c *Cluster) Complete() {
 		}
 		return a.Name < b.Name
 	})
+	sort.SliceStable(c.Services, func(i, j int) bool {
+		a, b := c.Services[i], c.Services[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+}
+
+// ClusterIPs returns a Service's cluster addresses from spec.clusterIPs,
+// falling back to spec.clusterIP, unmapped and deduplicated. Headless
+// Services ("None"), ExternalName Services and Services not yet given an
+// address have none. Unparsable addresses are an error naming the field
+// (ValidateService reports every problem; this reports the first).
+func ClusterIPs(s *corev1.Service) ([]netip.Addr, error) {
+	if s.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil, nil
+	}
+	raw := s.Spec.ClusterIPs
+	if len(raw) == 0 && s.Spec.ClusterIP != "" {
+		raw = []string{s.Spec.ClusterIP}
+	}
+	var out []netip.Addr
+	for i, ip := range raw {
+		if ip == corev1.ClusterIPNone && i == 0 {
+			return nil, nil
+		}
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			f := fmt.Sprintf("spec.clusterIPs[%d]", i)
+			if len(s.Spec.ClusterIPs) == 0 {
+				f = "spec.clusterIP"
+			}
+			return nil, fmt.Errorf("%s: invalid IP address %q", f, ip)
+		}
+		if a = a.Unmap(); !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
 }
 
 // PodIPs returns the pod's addresses from status.podIPs, falling back to

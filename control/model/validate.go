@@ -188,6 +188,62 @@ func ValidatePod(p *corev1.Pod) error {
 	return errors.Join(errs...)
 }
 
+// ValidateService checks the fields of a Service the compiler reads, as the
+// API server validates them: the type, and spec.clusterIP / spec.clusterIPs
+// ("" while unallocated, "None" for headless, else at most one address per
+// family, the first equal to spec.clusterIP).
+func ValidateService(s *corev1.Service) error {
+	var errs field.ErrorList
+	if s.Name == "" {
+		errs = append(errs, field.Required(field.NewPath("metadata", "name"), ""))
+	}
+	spec := field.NewPath("spec")
+	switch s.Spec.Type {
+	case "", corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer:
+	case corev1.ServiceTypeExternalName:
+		if s.Spec.ClusterIP != "" && s.Spec.ClusterIP != corev1.ClusterIPNone {
+			errs = append(errs, field.Forbidden(spec.Child("clusterIP"), "may not be set for ExternalName services"))
+		}
+		if len(s.Spec.ClusterIPs) > 0 {
+			errs = append(errs, field.Forbidden(spec.Child("clusterIPs"), "may not be set for ExternalName services"))
+		}
+		return fieldErrs(errs)
+	default:
+		errs = append(errs, field.NotSupported(spec.Child("type"), s.Spec.Type, []string{"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"}))
+	}
+	if ip := s.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			errs = append(errs, field.Invalid(spec.Child("clusterIP"), ip, `must be a valid IP address or "None"`))
+		}
+	}
+	ips := spec.Child("clusterIPs")
+	if len(s.Spec.ClusterIPs) > 2 {
+		errs = append(errs, field.TooMany(ips, len(s.Spec.ClusterIPs), 2))
+	}
+	if len(s.Spec.ClusterIPs) > 0 && s.Spec.ClusterIP != "" && s.Spec.ClusterIPs[0] != s.Spec.ClusterIP {
+		errs = append(errs, field.Invalid(ips.Index(0), s.Spec.ClusterIPs[0], "must match `clusterIP`"))
+	}
+	var first netip.Addr
+	for i, ip := range s.Spec.ClusterIPs {
+		if ip == corev1.ClusterIPNone {
+			if len(s.Spec.ClusterIPs) > 1 {
+				errs = append(errs, field.Invalid(ips.Index(i), ip, `"None" must be the only value`))
+			}
+			continue
+		}
+		a, err := netip.ParseAddr(ip)
+		switch {
+		case err != nil:
+			errs = append(errs, field.Invalid(ips.Index(i), ip, `must be a valid IP address or "None"`))
+		case i == 0:
+			first = a.Unmap()
+		case first.IsValid() && first.Is4() == a.Unmap().Is4():
+			errs = append(errs, field.Invalid(ips.Index(i), ip, "must be of a different IP family than clusterIPs[0]"))
+		}
+	}
+	return fieldErrs(errs)
+}
+
 func fieldErrs(errs field.ErrorList) error {
 	if len(errs) == 0 {
 		return nil

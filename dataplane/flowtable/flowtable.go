@@ -80,8 +80,26 @@ func (c *Classifier) IsNode(a netip.Addr) bool {
 }
 
 // Decide returns the verdict for a flow from src to dst (port dport) caught
-// at hook. A nil ruleset denies. Node-address sources at the entering hook
-// come back allowed with Reason HostNetwork.
+// at hook. A nil ruleset denies.
+//
+// At the leaving hook the egress table of the source pod decides, except
+// for a destination that is a Service ClusterIP: the flow has not been
+// DNATed yet (kube-proxy does that in the node's prerouting, after this
+// hook), so its real destination, the one egress policy names, is unknown
+// here. Such a flow is allowed with Reason Deferred (when the source's
+// egress is isolated at all) and cached like any allow; its reply comes back
+// un-DNATed, from the ClusterIP, which is exactly the reply key Record
+// writes for this hook.
+//
+// At the entering hook, after DNAT and routing, traffic from the node's own
+// addresses is always allowed (Reason HostNetwork); otherwise the verdict is
+// ingress(dst pod) ∧ egress(src pod) when the source is a pod of the
+// snapshot (peer = the destination pod address, dport = the post-DNAT port).
+// Every node knows every pod, so this also checks remote sources, and it is
+// where deferred egress is decided; for a direct pod-to-pod flow it repeats
+// the leaving hook's check. The verdict explains the side that denied: the
+// ingress verdict if ingress denies, else the source's egress verdict (its
+// Table.Dir is Egress); an allowed flow reports the ingress verdict.
 func (c *Classifier) Decide(rs *ruleset.Ruleset, hook xdpprog.Hook, proto uint8, src, dst netip.Addr, dport uint16) ruleset.Verdict {
 	if rs == nil {
 		return ruleset.Verdict{Reason: ruleset.NoSnapshot, Clause: -1}
@@ -95,14 +113,26 @@ func (c *Classifier) Decide(rs *ruleset.Ruleset, hook xdpprog.Hook, proto uint8,
 		if !ok {
 			return ruleset.Verdict{Reason: ruleset.UnknownPod, Clause: -1}
 		}
-		return rs.Verdict(pod, ruleset.Ingress, src, ruleset.Proto(proto), dport)
+		v := rs.Verdict(pod, ruleset.Ingress, src, ruleset.Proto(proto), dport)
+		if !v.Allowed {
+			return v
+		}
+		if from, ok := rs.PodByIP(src); ok {
+			// HostNetwork sources come back allowed from Verdict.
+			if e := rs.Verdict(from, ruleset.Egress, dst, ruleset.Proto(proto), dport); !e.Allowed {
+				return e
+			}
+		}
+		return v
 	}
-	// TODO(services): a destination that is a Service ClusterIP must be
-	// deferred here (allowed) and decided as egress(A) ∧ ingress(B) at the
-	// entering hook after DNAT, once the model carries Services.
 	pod, ok := rs.PodByIP(src)
 	if !ok {
 		return ruleset.Verdict{Reason: ruleset.UnknownPod, Clause: -1}
+	}
+	if rs.IsServiceIP(dst) {
+		if p := &rs.Pods[pod]; !p.HostNetwork && p.Tables[ruleset.Egress] != nil {
+			return ruleset.Verdict{Allowed: true, Reason: ruleset.Deferred, Clause: -1}
+		}
 	}
 	return rs.Verdict(pod, ruleset.Egress, dst, ruleset.Proto(proto), dport)
 }

@@ -195,6 +195,9 @@ func (w *Wirer) Count() int { return len(w.pods) }
 func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 	want := map[uint32]uint32{} // H ifindex -> flags
 	names := map[uint32]string{}
+	// Egress to a Service is decided at the backend's entering hook, so
+	// that hook must punt even for backends no policy isolates.
+	deferred := rs.DefersEgress()
 	for i := range rs.Pods {
 		p := &rs.Pods[i]
 		if p.Node != w.opts.Node || p.HostNetwork || len(p.IPs) == 0 {
@@ -204,7 +207,7 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 		if p.Tables[ruleset.Egress] != nil {
 			flags |= xdpprog.PodIsolatedEgress
 		}
-		if p.Tables[ruleset.Ingress] != nil {
+		if p.Tables[ruleset.Ingress] != nil || deferred {
 			flags |= xdpprog.PodIsolatedIngress
 		}
 		for _, ip := range p.IPs {

@@ -104,6 +104,56 @@ type Ruleset struct {
 	// ident is the identity of every pod, NoIdentity for pods that are
 	// never peers (hostNetwork, no address).
 	ident []int32
+	// services holds the Service ClusterIPs: egress to them is deferred to
+	// the backend's entering hook (see IsServiceIP).
+	services map[netip.Addr]struct{}
+}
+
+// SetServiceIPs records the cluster's Service ClusterIPs (unmapped). Call it
+// before Publish: a published Ruleset is immutable.
+func (r *Ruleset) SetServiceIPs(ips []netip.Addr) {
+	r.services = make(map[netip.Addr]struct{}, len(ips))
+	for _, a := range ips {
+		r.services[a.Unmap()] = struct{}{}
+	}
+}
+
+// IsServiceIP reports whether a is a Service ClusterIP. A flow leaving a
+// pod for one has not been DNATed yet (kube-proxy does that in the node's
+// prerouting, after the leaving hook), so its real destination, the one
+// egress policy names, is known only at the backend's entering hook. It
+// never allocates.
+func (r *Ruleset) IsServiceIP(a netip.Addr) bool {
+	_, ok := r.services[a.Unmap()]
+	return ok
+}
+
+// DefersEgress reports whether egress may be decided at a destination's
+// entering hook: the snapshot has Service ClusterIPs and the egress of some
+// (non-hostNetwork) pod is isolated. Then the entering hook of every pod,
+// isolated for ingress or not, must send new flows to the slow path, or a
+// deferred flow would reach a non-isolated backend unchecked. It walks the
+// pods (for the control loop, not the hot path).
+func (r *Ruleset) DefersEgress() bool {
+	if r == nil || len(r.services) == 0 {
+		return false
+	}
+	for i := range r.Pods {
+		if !r.Pods[i].HostNetwork && r.Pods[i].Tables[Egress] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// ServiceIPs lists the Service ClusterIPs, sorted (allocates; for tools).
+func (r *Ruleset) ServiceIPs() []netip.Addr {
+	out := make([]netip.Addr, 0, len(r.services))
+	for a := range r.services {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
 }
 
 // Identity returns the identity of the pod owning addr, or NoIdentity.
@@ -163,9 +213,13 @@ const (
 	// NoRuleMatched: policies select the pod but none of their rules admit
 	// the flow.
 	NoRuleMatched
+	// Deferred: the destination is a Service ClusterIP; the flow is let
+	// out of the pod and its egress is decided at the backend's entering
+	// hook, after DNAT, against the backend pod.
+	Deferred
 )
 
-var reasonNames = [...]string{"no-snapshot", "unknown-pod", "not-isolated", "host-network", "rule-matched", "no-rule-matched"}
+var reasonNames = [...]string{"no-snapshot", "unknown-pod", "not-isolated", "host-network", "rule-matched", "no-rule-matched", "deferred-to-destination"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
