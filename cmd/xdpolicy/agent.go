@@ -58,7 +58,7 @@ func agentCmd() *cobra.Command {
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&clusterDir, "cluster", "", "directory of Namespace and Pod YAML, watched for changes")
+	f.StringVar(&clusterDir, "cluster", "", "directory of Namespace, Pod and Service YAML, watched for changes")
 	f.StringVar(&policiesDir, "policies", "", "directory of NetworkPolicy YAML, watched for changes")
 	f.StringVar(&node, "node", "", "this node's name: local pods are those with spec.nodeName equal to it")
 	f.StringVar(&stateDir, "state-dir", "", "directory for the agent's local state")

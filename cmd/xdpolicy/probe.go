@@ -18,7 +18,7 @@ type inputs struct {
 }
 
 func (in *inputs) register(c *cobra.Command) {
-	c.Flags().StringArrayVar(&in.cluster, "cluster", nil, "file or directory of Namespaces and Pods (YAML or JSON, e.g. `kubectl get ns,pods -A -o yaml`); repeatable")
+	c.Flags().StringArrayVar(&in.cluster, "cluster", nil, "file or directory of Namespaces, Pods and Services (YAML or JSON, e.g. `kubectl get ns,pods,svc -A -o yaml`); repeatable")
 	c.Flags().StringArrayVar(&in.policies, "policies", nil, "file or directory of NetworkPolicies; repeatable")
 }
 
