@@ -32,7 +32,7 @@ func fakeLab(t *testing.T) string {
 	return dir
 }
 
-func writeFile(t *testing.T, content string) string {
+func writeFile(t testing.TB, content string) string {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "in.yaml")
 	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {

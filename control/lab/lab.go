@@ -107,6 +107,9 @@ type State struct {
 	BPFFS    string    `json:"bpffs"`
 	// SCTP reports whether the kernel had SCTP when the lab came up.
 	SCTP bool `json:"sctp"`
+	// RawSCTP reports that it had not: every pod runs a server that
+	// answers SCTP over raw sockets (see rawsctp.go).
+	RawSCTP bool `json:"rawSCTP,omitempty"`
 }
 
 // Node is one node namespace.

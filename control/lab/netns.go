@@ -195,13 +195,3 @@ func alive(pid int) bool {
 	i := bytes.LastIndexByte(b, ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
-
-// sctpAvailable reports whether the kernel can open SCTP sockets.
-func sctpAvailable() bool {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
-	if err != nil {
-		return false
-	}
-	unix.Close(fd)
-	return true
-}

@@ -25,8 +25,8 @@ import (
 
 // ProbeOptions of Probe.
 type ProbeOptions struct {
-	// Ports to probe; none means every containerPort of every pod (SCTP
-	// ports left out when the kernel has no SCTP).
+	// Ports to probe; none means every containerPort of every pod. On a
+	// kernel without SCTP, SCTP goes over raw sockets (rawsctp.go).
 	Ports []query.Port
 	// Family is "" (each flow uses the destination's first address, as
 	// `xdpolicy probe` does), "4" or "6" (pods' addresses of that family
@@ -154,22 +154,15 @@ func Probe(s *State, o ProbeOptions) (*ProbeResult, error) {
 		}
 		r.From = append(r.From, ep...)
 	}
-	sctp := sctpAvailable()
-	if len(o.Ports) == 0 {
-		for _, p := range q.DefaultPorts() {
-			if p.Proto == ruleset.SCTP && !sctp {
-				fmt.Fprintf(o.Warn, "warning: not probing %s: this kernel has no SCTP\n", p)
-				continue
-			}
-			r.Ports = append(r.Ports, p)
-		}
-	} else {
-		for _, p := range o.Ports {
-			if p.Proto == ruleset.SCTP && !sctp {
-				return nil, fmt.Errorf("cannot probe %s: this kernel has no SCTP (sctp module not loaded or not built)", p)
-			}
-		}
-		r.Ports = o.Ports
+	// Without an SCTP stack, SCTP goes over raw sockets: the servers of a
+	// lab made on such a kernel answer there (State.RawSCTP).
+	rawSCTP := !sctpAvailable()
+	r.Ports = o.Ports
+	if len(r.Ports) == 0 {
+		r.Ports = q.DefaultPorts()
+	}
+	if rawSCTP && !s.RawSCTP && slices.ContainsFunc(r.Ports, func(p query.Port) bool { return p.Proto == ruleset.SCTP }) {
+		return nil, errors.New("cannot probe SCTP: this kernel has no SCTP stack and this lab's servers do not answer SCTP over raw sockets (it was made on a kernel with SCTP, or by an older xdpolicy); take it down and up again")
 	}
 	if len(r.Ports) == 0 {
 		return nil, errors.New("no ports to probe: the pods declare no containerPorts, give --port N/PROTO")
@@ -206,7 +199,7 @@ func Probe(s *State, o ProbeOptions) (*ProbeResult, error) {
 			var reply string
 			err := inNetns(ns, func() error {
 				var err error
-				reply, err = dial(p.Protocol, p.ToIP, p.Port, o.Timeout)
+				reply, err = dial(p.Protocol, p.ToIP, p.Port, o.Timeout, rawSCTP)
 				return err
 			})
 			switch {
@@ -221,6 +214,9 @@ func Probe(s *State, o ProbeOptions) (*ProbeResult, error) {
 				ob.Allowed, ob.Observation = false, fmt.Sprintf("wrong reply %q", reply)
 			default:
 				ob.Allowed, ob.Observation = true, "reply "+reply
+			}
+			if p.Protocol == "SCTP" && rawSCTP {
+				ob.Observation += " (" + RawSCTPNote + ")"
 			}
 		}()
 	}
@@ -267,7 +263,7 @@ func describe(err error) string {
 // dial makes one connection attempt and returns the server's reply line.
 // It must run on a thread inside the source namespace: every socket is
 // created here.
-func dial(proto, ip string, port int, timeout time.Duration) (string, error) {
+func dial(proto, ip string, port int, timeout time.Duration, rawSCTP bool) (string, error) {
 	addr := net.JoinHostPort(ip, strconv.Itoa(port))
 	switch proto {
 	case "TCP":
@@ -303,6 +299,9 @@ func dial(proto, ip string, port int, timeout time.Duration) (string, error) {
 		}
 		return "", os.ErrDeadlineExceeded
 	case "SCTP":
+		if rawSCTP {
+			return dialRawSCTP(ip, port, timeout)
+		}
 		return dialSCTP(ip, port, timeout)
 	}
 	return "", fmt.Errorf("unknown protocol %s", proto)

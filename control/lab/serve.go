@@ -18,7 +18,10 @@ import (
 
 // Serve answers on every port with the pod's name and a newline: TCP and
 // SCTP write it on every accepted connection and close, UDP replies to every
-// datagram. Sockets are bound to the wildcard address of both families. It
+// datagram. Sockets are bound to the wildcard address of both families. On
+// a kernel without SCTP, it answers SCTP INITs over raw sockets instead
+// (rawsctp.go): with an ABORT naming the pod on its SCTP ports, with a bare
+// ABORT on any other port, as an SCTP stack without a listener would. It
 // writes pidfile once every socket is bound, removes it on return, and runs
 // until ctx is done. Serve runs inside the pod's namespace (`xdpolicy lab
 // serve`, started by Up through `ip netns exec`).
@@ -31,12 +34,19 @@ func Serve(ctx context.Context, pod string, ports []string, pidfile string, log 
 		}
 	}()
 	var wg sync.WaitGroup
+	raw := !sctpAvailable()
+	rawPorts := map[uint16]bool{}
 	for _, s := range ports {
 		p, err := query.ParsePort(s)
 		if err != nil {
 			return err
 		}
 		addr := ":" + strconv.Itoa(int(p.Port))
+		if p.Proto == ruleset.SCTP && raw {
+			rawPorts[p.Port] = true
+			fmt.Fprintf(log, "%s: serving %s over raw sockets (%s)\n", pod, p, RawSCTPNote)
+			continue
+		}
 		switch p.Proto {
 		case ruleset.TCP, ruleset.SCTP:
 			var l net.Listener
@@ -91,6 +101,15 @@ func Serve(ctx context.Context, pod string, ports []string, pidfile string, log 
 			}()
 		}
 		fmt.Fprintf(log, "%s: serving %s\n", pod, p)
+	}
+	if raw {
+		// Also for no SCTP port: it stands in for the missing stack, which
+		// would answer an INIT to any other port with an ABORT.
+		cs, err := serveRawSCTP(ctx, pod, rawPorts, &wg, log)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, cs...)
 	}
 	if err := writeAtomic(pidfile, []byte(strconv.Itoa(os.Getpid())+"\n")); err != nil {
 		return err

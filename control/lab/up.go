@@ -97,8 +97,9 @@ func Up(o Options) (_ *State, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if !s.SCTP && hasSCTP(res.Cluster) {
-		fmt.Fprintln(o.Warn, "warning: this kernel has no SCTP (sctp module not loaded or not built): SCTP ports are neither served nor probed")
+	s.RawSCTP = !s.SCTP
+	if s.RawSCTP && hasSCTP(res.Cluster) {
+		fmt.Fprintln(o.Warn, "warning: this kernel has no SCTP stack (sctp module not loaded or not built): SCTP is served and probed over raw sockets (an INIT answered by an ABORT naming the pod)")
 	}
 	for _, d := range []string{dir, ClusterDir(dir), PoliciesDir(dir), filepath.Join(dir, "logs"), filepath.Join(dir, "run")} {
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -264,9 +265,6 @@ func plan(o Options, idx int, c *model.Cluster) (*State, error) {
 		sum := sha1.Sum([]byte(pod.ID()))
 		pod.HostIface = "cali" + hex.EncodeToString(sum[:])[:11]
 		for _, cp := range model.Ports(p) {
-			if cp.Protocol == corev1.ProtocolSCTP && !s.SCTP {
-				continue
-			}
 			pp := fmt.Sprintf("%d/%s", cp.Port, cp.Protocol)
 			if !slices.Contains(pod.Ports, pp) {
 				pod.Ports = append(pod.Ports, pp)
@@ -489,8 +487,10 @@ func serverPidfile(dir string, p *Pod) string {
 	return filepath.Join(dir, "run", "server-"+p.Namespace+"_"+p.Name+".pid")
 }
 
-// startServers runs `xdpolicy lab serve` in every pod with ports and waits
-// until each has bound its sockets (it writes its pidfile then).
+// startServers runs `xdpolicy lab serve` in every pod with ports (in every
+// pod when SCTP goes over raw sockets: the server then also stands in for
+// the missing SCTP stack, which answers INITs to ports nobody serves) and
+// waits until each has bound its sockets (it writes its pidfile then).
 func (s *State) startServers() error {
 	type started struct {
 		pod  *Pod
@@ -500,8 +500,8 @@ func (s *State) startServers() error {
 	var all []started
 	for i := range s.Pods {
 		p := &s.Pods[i]
-		if len(p.Ports) == 0 {
-			continue
+		if len(p.Ports) == 0 && !s.RawSCTP {
+			continue // the kernel refuses every TCP and UDP port for it
 		}
 		log := filepath.Join(s.Dir, "logs", "server-"+p.Namespace+"_"+p.Name+".log")
 		args := []string{"lab", "serve", "--pod", p.ID(), "--pidfile", serverPidfile(s.Dir, p)}
