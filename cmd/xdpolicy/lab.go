@@ -165,7 +165,10 @@ func labProbeCmd(name *string) *cobra.Command {
 		Short: "Try every flow for real and print what got through",
 		Long: `probe connects from every pod and from external to every pod, from inside
 the source's namespace, in parallel: TCP connect and read the server's reply
-(its ns/pod name), UDP send and wait for the reply, SCTP connect. The output
+(its ns/pod name), UDP send and wait for the reply, SCTP connect (on a
+kernel without SCTP, an INIT from a raw socket answered by the pod's server
+with an ABORT naming the pod). A refused attempt reached the pod and counts
+as allowed. The output
 is that of 'xdpolicy probe' with "allowed" observed (the egress and ingress
 explanations are the prediction's), plus "observed": true and an
 "observation" note. --expect also predicts every cell from the lab's
