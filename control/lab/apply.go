@@ -223,27 +223,10 @@ func readObjects(paths []string) ([]*object, error) {
 		if p == "-" {
 			files = []string{"-"}
 		} else {
-			st, err := os.Stat(p)
-			if err != nil {
+			var err error
+			if files, err = model.Files(p); err != nil {
 				return nil, err
 			}
-			if !st.IsDir() {
-				files = []string{p}
-			} else if err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-				if err != nil {
-					return err
-				}
-				switch strings.ToLower(filepath.Ext(path)) {
-				case ".yaml", ".yml", ".json":
-					if !d.IsDir() {
-						files = append(files, path)
-					}
-				}
-				return nil
-			}); err != nil {
-				return nil, err
-			}
-			sort.Strings(files)
 		}
 		for _, f := range files {
 			var data []byte

@@ -35,7 +35,7 @@ type LoadResult struct {
 func Load(paths ...string) (*LoadResult, error) {
 	l := loader{c: &Cluster{}, seen: map[string]string{}}
 	for _, p := range paths {
-		files, err := expand(p)
+		files, err := Files(p)
 		if err != nil {
 			return nil, err
 		}
@@ -57,7 +57,9 @@ func Load(paths ...string) (*LoadResult, error) {
 	return res, nil
 }
 
-func expand(p string) ([]string, error) {
+// Files lists what Load reads for a path: the file itself, or the *.yaml,
+// *.yml and *.json files below a directory, sorted.
+func Files(p string) ([]string, error) {
 	st, err := os.Stat(p)
 	if err != nil {
 		return nil, err

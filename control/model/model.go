@@ -117,16 +117,22 @@ func ClusterIPs(s *corev1.Service) ([]netip.Addr, error) {
 	if len(raw) == 0 && s.Spec.ClusterIP != "" {
 		raw = []string{s.Spec.ClusterIP}
 	}
+	if len(raw) > 0 && raw[0] == corev1.ClusterIPNone {
+		return nil, nil
+	}
+	return parseAddrs(raw, "spec.clusterIPs[%d]", len(s.Spec.ClusterIPs) == 0, "spec.clusterIP")
+}
+
+// parseAddrs parses a list field of addresses (or the single field it fell
+// back to), unmapping and deduplicating them; errors name the field.
+func parseAddrs(raw []string, listField string, single bool, singleField string) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for i, ip := range raw {
-		if ip == corev1.ClusterIPNone && i == 0 {
-			return nil, nil
-		}
 		a, err := netip.ParseAddr(ip)
 		if err != nil {
-			f := fmt.Sprintf("spec.clusterIPs[%d]", i)
-			if len(s.Spec.ClusterIPs) == 0 {
-				f = "spec.clusterIP"
+			f := fmt.Sprintf(listField, i)
+			if single {
+				f = singleField
 			}
 			return nil, fmt.Errorf("%s: invalid IP address %q", f, ip)
 		}
@@ -148,26 +154,7 @@ func PodIPs(p *corev1.Pod) ([]netip.Addr, error) {
 	if len(raw) == 0 && p.Status.PodIP != "" {
 		raw = append(raw, p.Status.PodIP)
 	}
-	var out []netip.Addr
-	for i, s := range raw {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			field := fmt.Sprintf("status.podIPs[%d].ip", i)
-			if len(p.Status.PodIPs) == 0 {
-				field = "status.podIP"
-			}
-			return nil, fmt.Errorf("%s: invalid IP address %q", field, s)
-		}
-		a = a.Unmap()
-		dup := false
-		for _, b := range out {
-			dup = dup || a == b
-		}
-		if !dup {
-			out = append(out, a)
-		}
-	}
-	return out, nil
+	return parseAddrs(raw, "status.podIPs[%d].ip", len(p.Status.PodIPs) == 0, "status.podIP")
 }
 
 // Active reports whether a pod takes part in policy: it has an address and
