@@ -2,10 +2,10 @@ package compile_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -15,67 +15,32 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/xdpolicy/xdpolicy/control/compile"
+	"github.com/xdpolicy/xdpolicy/control/corpus"
 	"github.com/xdpolicy/xdpolicy/control/model"
 	"github.com/xdpolicy/xdpolicy/control/naive"
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
 )
 
-// corpusTest is one upstream e2e test of shared/corpus/upstream-*.json.
-type corpusTest struct {
-	ID    string       `json:"id"`
-	Name  string       `json:"name"`
-	Steps []corpusStep `json:"steps"`
-}
-
-type corpusStep struct {
-	State struct {
-		Namespaces []struct {
-			Name   string            `json:"name"`
-			Labels map[string]string `json:"labels"`
-		} `json:"namespaces"`
-		Pods []struct {
-			Namespace string            `json:"namespace"`
-			Name      string            `json:"name"`
-			Labels    map[string]string `json:"labels"`
-			IP        string            `json:"ip"`
-			Ports     []struct {
-				Name     string          `json:"name"`
-				Port     int32           `json:"port"`
-				Protocol corev1.Protocol `json:"protocol"`
-			} `json:"ports"`
-		} `json:"pods"`
-		Policies []json.RawMessage `json:"policies"`
-	} `json:"state"`
-	Port           uint16                     `json:"port"`
-	Protocol       string                     `json:"protocol"`
-	IgnoreLoopback bool                       `json:"ignoreLoopback"`
-	Expected       map[string]map[string]bool `json:"expected"`
-}
-
-const corpusFile = "shared/corpus/upstream-v1.35.4.json"
-
-// findCorpus walks up from the package directory to the directory holding
-// shared/corpus.
-func findCorpus(t *testing.T) string {
-	dir, err := os.Getwd()
+// loadCorpus reads the corpus, skipping the test where the checkout has no
+// shared/corpus beside it.
+func loadCorpus(t *testing.T) []corpus.Test {
+	t.Helper()
+	path, err := corpus.Find()
+	if errors.Is(err, os.ErrNotExist) {
+		t.Skipf("skipping: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		p := filepath.Join(dir, corpusFile)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skipf("upstream reachability corpus %s not found in any parent directory", corpusFile)
-		}
-		dir = parent
+	tests, err := corpus.Load(path)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return tests
 }
 
 // stepCluster builds the cluster one corpus step describes.
-func stepCluster(t *testing.T, s *corpusStep) (*model.Cluster, map[string]netip.Addr) {
+func stepCluster(t *testing.T, s *corpus.Step) (*model.Cluster, map[string]netip.Addr) {
 	t.Helper()
 	c := &model.Cluster{}
 	for _, n := range s.State.Namespaces {
@@ -143,14 +108,7 @@ func policiesYAML(ps []*networkingv1.NetworkPolicy) string {
 // Kubernetes e2e reachability tables against the compiled ruleset and the
 // naive interpreter.
 func TestUpstreamCorpus(t *testing.T) {
-	data, err := os.ReadFile(findCorpus(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tests []corpusTest
-	if err := json.Unmarshal(data, &tests); err != nil {
-		t.Fatal(err)
-	}
+	tests := loadCorpus(t)
 	var cells, steps int
 	for _, ct := range tests {
 		t.Run(ct.ID, func(t *testing.T) {

@@ -3,6 +3,7 @@ package lab_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/xdpolicy/xdpolicy/control/corpus"
 	"github.com/xdpolicy/xdpolicy/control/lab"
 	"github.com/xdpolicy/xdpolicy/control/query"
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
@@ -178,57 +180,22 @@ func TestScenariosEnforced(t *testing.T) {
 	}
 }
 
-// corpusTest and corpusStep are what the enforcement tests read of the
-// upstream e2e corpus (see control/compile/corpus_test.go for the format).
-type corpusTest struct {
-	ID    string       `json:"id"`
-	Name  string       `json:"name"`
-	Steps []corpusStep `json:"steps"`
-}
-
-type corpusStep struct {
-	State struct {
-		Namespaces []struct {
-			Name   string            `json:"name"`
-			Labels map[string]string `json:"labels"`
-		} `json:"namespaces"`
-		Pods []struct {
-			Namespace string            `json:"namespace"`
-			Name      string            `json:"name"`
-			Labels    map[string]string `json:"labels"`
-			IP        string            `json:"ip"`
-		} `json:"pods"`
-		Policies []json.RawMessage `json:"policies"`
-	} `json:"state"`
-	Port     uint16                     `json:"port"`
-	Protocol string                     `json:"protocol"`
-	Expected map[string]map[string]bool `json:"expected"`
-}
-
-const corpusFile = "shared/corpus/upstream-v1.35.4.json"
-
-// readCorpus finds shared/corpus in a parent directory and reads it.
-func readCorpus(t *testing.T) []corpusTest {
+// readCorpus reads the upstream corpus, skipping where the checkout has no
+// shared/corpus beside it.
+func readCorpus(t *testing.T) []corpus.Test {
 	t.Helper()
-	dir, err := os.Getwd()
+	path, err := corpus.Find()
+	if errors.Is(err, os.ErrNotExist) {
+		t.Skipf("skipping: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		p := filepath.Join(dir, corpusFile)
-		if data, err := os.ReadFile(p); err == nil {
-			var tests []corpusTest
-			if err := json.Unmarshal(data, &tests); err != nil {
-				t.Fatalf("%s: %v", p, err)
-			}
-			return tests
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skipf("skipping: upstream reachability corpus %s not found in any parent directory", corpusFile)
-		}
-		dir = parent
+	tests, err := corpus.Load(path)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return tests
 }
 
 // corpusNode spreads the corpus pods over two nodes so that same-node and
@@ -273,7 +240,7 @@ func writeObjects(t *testing.T, objs ...any) string {
 // labelObjects returns the Namespaces and Pods of a corpus step's state,
 // with its labels (and, for the cluster, the pods' addresses, nodes and
 // ports).
-func labelObjects(s *corpusStep, full bool) []any {
+func labelObjects(s *corpus.Step, full bool) []any {
 	var out []any
 	for _, n := range s.State.Namespaces {
 		ns := &corev1.Namespace{}
@@ -335,17 +302,17 @@ func TestUpstreamCorpusSteps(t *testing.T) {
 	needAgentLab(t)
 	t.Parallel()
 	tests := readCorpus(t)
-	byID := map[string]*corpusTest{}
+	byID := map[string]*corpus.Test{}
 	for i := range tests {
 		byID[tests[i].ID] = &tests[i]
 	}
 	type run struct {
 		name string
-		step *corpusStep
+		step *corpus.Step
 	}
 	var runs []run
 	for _, pk := range corpusPicks {
-		var ct *corpusTest
+		var ct *corpus.Test
 		for id, c := range byID {
 			if strings.HasSuffix(id, pk.id) && (ct == nil || len(id) < len(ct.ID)) {
 				ct = c
