@@ -47,7 +47,10 @@ type Config struct {
 	KeepOnExit  bool
 	Workers     int
 	MetricsAddr string
-	// NumFrames of the UMEM (default 4096).
+	// NumFrames of the UMEM (default 1024). Every re-injection socket
+	// costs the kernel ~126 bytes per UMEM frame (dataplane/afxdp doc), so
+	// 1024 frames keep 250 pods (500 sockets) near 71 MiB, where 4096
+	// would take 262 MiB.
 	NumFrames int
 	Log       *slog.Logger
 	// Ready, if set, receives the bound metrics address once listening.
@@ -73,7 +76,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		cfg.Workers = runtime.NumCPU()
 	}
 	if cfg.NumFrames <= 0 {
-		cfg.NumFrames = 4096
+		cfg.NumFrames = 1024
 	}
 	if cfg.StateDir != "" {
 		if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
