@@ -274,6 +274,40 @@ func TestCachedVerdicts(t *testing.T) {
 	wantCounters(t, moved, CounterPunt)
 }
 
+// TestReinjectToken checks the fast-path-off path for re-injected frames:
+// an allow entry carrying the re-injection mark lets exactly one frame
+// through, and the next one is punted again.
+func TestReinjectToken(t *testing.T) {
+	requireBPF(t)
+	frame, key := tcp4(t)
+	f := newFixture(t)
+	f.setConfig(Config{Generation: 3, PuntIfindex: testPuntIfindex, Flags: ConfigFastpathOff})
+	if err := f.Flows.Put(key, FlowVal{Verdict: VerdictAllow, Generation: 3, LastSeenNs: 42 | LastSeenReinject}); err != nil {
+		t.Fatal(err)
+	}
+	ret, _, moved := f.run(HookEgress, frame, 0)
+	wantRet(t, ret, actPass)
+	wantCounters(t, moved, CounterPassReinjected)
+	var v FlowVal
+	if err := f.Flows.Lookup(key, &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.LastSeenNs != 42 {
+		t.Errorf("last_seen_ns = %#x after the token was taken, want 42", v.LastSeenNs)
+	}
+	ret, out, moved := f.run(HookEgress, frame, 0)
+	wantPunted(t, HookEgress, ret, frame, out)
+	wantCounters(t, moved, CounterPunt)
+
+	// Entering the pod, re-injection does not pass tcx again: no token.
+	if err := f.Flows.Put(key, FlowVal{Verdict: VerdictAllow, Generation: 3, LastSeenNs: LastSeenReinject}); err != nil {
+		t.Fatal(err)
+	}
+	ret, out, moved = f.run(HookIngress, frame, 0)
+	wantPunted(t, HookIngress, ret, frame, out)
+	wantCounters(t, moved, CounterPunt)
+}
+
 func TestPunt(t *testing.T) {
 	requireBPF(t)
 	frame, key := tcp4(t)

@@ -39,6 +39,12 @@
  * less often keeps hot flows from bouncing a cache line between CPUs. */
 #define LAST_SEEN_GRANULARITY_NS (100 * 1000 * 1000ULL)
 
+/* With the fast path off, a frame a worker re-injects on the pod end comes
+ * back through tcx ingress; the worker marks the flow's entry with this bit
+ * just before, and the first frame to find it takes it and passes, so the
+ * re-injected frame is not punted again. */
+#define LAST_SEEN_REINJECT (1ULL << 63)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -351,8 +357,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return TC_ACT_SHOT;
-	if (cfg->flags & CONFIG_FASTPATH_OFF)
+	if (cfg->flags & CONFIG_FASTPATH_OFF) {
+		if (hook == HOOK_EGRESS) {
+			v = bpf_map_lookup_elem(&flows, &k);
+			if (v && v->verdict == VERDICT_ALLOW && v->generation == cfg->generation) {
+				__u64 seen = v->last_seen_ns;
+
+				if ((seen & LAST_SEEN_REINJECT) &&
+				    __sync_val_compare_and_swap(&v->last_seen_ns, seen, seen & ~LAST_SEEN_REINJECT) == seen) {
+					count(CNT_PASS_REINJECTED);
+					return ACT_PASS;
+				}
+			}
+		}
 		return punt(skb, &k, cfg);
+	}
 
 	v = bpf_map_lookup_elem(&flows, &k);
 	if (!v || v->generation != cfg->generation)

@@ -81,12 +81,14 @@ const (
 	CounterDropNoAgent                    // would punt, but no punt port is configured
 	CounterDropGSOMiss                    // GSO packet missed the cache: dropped, verdict requested
 	CounterRequestLost                    // requests ring buffer full
+	CounterPassReinjected                 // fastpath off: a frame a worker re-injected
 	NumCounters
 )
 
 var counterNames = [NumCounters]string{
 	"pass_nonip", "pass_nd", "pass_not_isolated", "pass_cached", "drop_cached",
 	"punt", "drop_malformed", "drop_no_agent", "drop_gso_miss", "request_lost",
+	"pass_reinjected",
 }
 
 func (c Counter) String() string {
@@ -95,6 +97,11 @@ func (c Counter) String() string {
 	}
 	return "counter?"
 }
+
+// LastSeenReinject marks an allow entry whose next frame at the leaving
+// hook is a worker's re-injection and passes although the fast path is off
+// (LAST_SEEN_REINJECT in tcx.c). The first frame to find it takes it.
+const LastSeenReinject = 1 << 63
 
 // PuntCounter indexes the per-CPU counters of the XDP punt program
 // (PCNT_* in include/xdpolicy.h).

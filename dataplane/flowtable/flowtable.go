@@ -224,6 +224,17 @@ func (t *Table) NewWriter() *Writer { return &Writer{t: t} }
 // Record caches the verdict for k: an allow for k and its reply, a deny for
 // k alone.
 func (w *Writer) Record(k *xdpprog.FlowKey, allowed bool) error {
+	return w.record(k, allowed, false)
+}
+
+// RecordReinject records an allow like Record and marks the forward entry
+// so that the frame about to be re-injected on the pod end passes tcx once
+// although the fast path is off (xdpprog.LastSeenReinject).
+func (w *Writer) RecordReinject(k *xdpprog.FlowKey) error {
+	return w.record(k, true, true)
+}
+
+func (w *Writer) record(k *xdpprog.FlowKey, allowed, reinject bool) error {
 	now := w.t.clock.Now()
 	w.val = xdpprog.FlowVal{Generation: w.t.gen.Load(), LastSeenNs: now}
 	if !allowed {
@@ -238,6 +249,9 @@ func (w *Writer) Record(k *xdpprog.FlowKey, allowed bool) error {
 	w.val.Pad[0] = FlagReply
 	err1 := w.t.m.Update(&w.rkey, &w.val, ebpf.UpdateAny)
 	w.val.Pad[0] = 0
+	if reinject {
+		w.val.LastSeenNs |= xdpprog.LastSeenReinject
+	}
 	err2 := w.t.m.Update(k, &w.val, ebpf.UpdateAny)
 	if err1 != nil {
 		return err1
