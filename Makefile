@@ -21,9 +21,12 @@ test: vet build
 	$(GO) test -count=1 -timeout 25m $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 10m $(PKGS)
 
-# The benchmarks with enough iterations to read figures from.
-bench:
+# The benchmarks with enough iterations to read figures from, then the
+# dataplane matrix of `xdpolicy bench` (needs root), written to bench/results/.
+BENCH_FLAGS ?= --scenario all --policies 10,100,1000 --pods 100,10000 --duration 3s --reps 3
+bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./control/... ./dataplane/...
+	./$(BIN) bench $(BENCH_FLAGS) -o table --results-dir bench/results --profile bench/results/profiles
 
 # The demo: every scenario under deploy/examples, step by step.
 demo: build

@@ -4,12 +4,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/xdpolicy/xdpolicy/control/agent"
-	"github.com/xdpolicy/xdpolicy/control/source"
 	"github.com/xdpolicy/xdpolicy/dataplane/flowtable"
 )
 
@@ -19,13 +17,19 @@ func agentCmd() *cobra.Command {
 		keepOnExit, verbose                                                                bool
 		workers                                                                            int
 	)
+	var apiSocket string
+	var kubeconfig string
+	var traceAlways bool
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Enforce NetworkPolicy on this node's pods (run in the node's network namespace)",
 		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if clusterDir == "" || node == "" {
-				return usageError{fmt.Errorf("--cluster and --node are required (see '%s --help')", c.CommandPath())}
+			if node == "" {
+				return usageError{fmt.Errorf("--node is required (see '%s --help')", c.CommandPath())}
+			}
+			if err := checkSourceFlags(clusterDir, kubeconfig); err != nil {
+				return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 			}
 			mode, err := flowtable.ParseMode(existing)
 			if err != nil {
@@ -39,12 +43,12 @@ func agentCmd() *cobra.Command {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", node)
-			paths := []string{clusterDir}
-			if policiesDir != "" {
-				paths = append(paths, policiesDir)
+			src, err := agentSource(clusterDir, policiesDir, kubeconfig, node, log)
+			if err != nil {
+				return err
 			}
 			return agent.Run(c.Context(), agent.Config{
-				Source:      &source.Dir{Paths: paths, Interval: 200 * time.Millisecond, Log: log},
+				Source:      src,
 				Node:        node,
 				StateDir:    stateDir,
 				BPFFSDir:    bpffsDir,
@@ -53,6 +57,8 @@ func agentCmd() *cobra.Command {
 				KeepOnExit:  keepOnExit,
 				Workers:     workers,
 				MetricsAddr: metricsAddr,
+				APISocket:   apiSocket,
+				TraceAlways: traceAlways,
 				Log:         log,
 			})
 		},
@@ -60,6 +66,7 @@ func agentCmd() *cobra.Command {
 	f := c.Flags()
 	f.StringVar(&clusterDir, "cluster", "", "directory of Namespace, Pod and Service YAML, watched for changes")
 	f.StringVar(&policiesDir, "policies", "", "directory of NetworkPolicy YAML, watched for changes")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "follow the Kubernetes API server of this kubeconfig (default without --cluster: in-cluster config when KUBERNETES_SERVICE_HOST is set)")
 	f.StringVar(&node, "node", "", "this node's name: local pods are those with spec.nodeName equal to it")
 	f.StringVar(&stateDir, "state-dir", "", "directory for the agent's local state")
 	f.StringVar(&bpffsDir, "bpffs-dir", "", "bpffs directory for pinned maps and links (default /sys/fs/bpf/xdpolicy/<node>)")
@@ -69,5 +76,7 @@ func agentCmd() *cobra.Command {
 	f.IntVar(&workers, "workers", 0, "slow-path workers (default: one per CPU)")
 	f.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz and /debug/pprof/ (port 0: any)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
+	f.StringVar(&apiSocket, "api-socket", "", "unix socket serving the same API as --metrics-addr, /trace and /explain included (default <state-dir>/agent.sock when --state-dir is set)")
+	f.BoolVar(&traceAlways, "trace-always", false, "record verdicts even when nobody follows /trace, so 'xdpolicy trace' without --follow shows the latest")
 	return c
 }

@@ -12,8 +12,10 @@ import (
 func explainCmd() *cobra.Command {
 	var in inputs
 	var port, from, to string
+	var live bool
+	var af agentFlags
 	c := &cobra.Command{
-		Use:   "explain --cluster PATH [--policies PATH] --from X --to Y --port N/PROTO",
+		Use:   "explain (--cluster PATH [--policies PATH] | --live [--agent ADDR|--socket PATH|--node NODE]) --from X --to Y --port N/PROTO",
 		Short: "Explain one flow: which policies select each side and which rule decided",
 		Long: `explain decides one flow like probe and says why: for the source pod's
 egress and the destination pod's ingress, which policies select the pod,
@@ -27,6 +29,9 @@ failed to match. X and Y are ns/pod or an IP address.`,
 			p, err := query.ParsePort(port)
 			if err != nil {
 				return usageError{err}
+			}
+			if live {
+				return explainLive(c.Context(), &af, os.Stdout, from, to, port)
 			}
 			q, err := in.load()
 			if err != nil {
@@ -48,6 +53,8 @@ failed to match. X and Y are ns/pod or an IP address.`,
 	c.Flags().StringVar(&port, "port", "", "port as N/PROTO (TCP, UDP or SCTP)")
 	c.Flags().StringVar(&from, "from", "", "source: ns/pod or an IP address")
 	c.Flags().StringVar(&to, "to", "", "destination: ns/pod or an IP address")
+	c.Flags().BoolVar(&live, "live", false, "ask a running agent, against the snapshot it enforces now (no --cluster/--policies)")
+	af.register(c)
 	return c
 }
 

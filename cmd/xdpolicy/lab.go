@@ -36,7 +36,7 @@ func labUpCmd(name *string) *cobra.Command {
 	var o lab.Options
 	var agentArgs string
 	c := &cobra.Command{
-		Use:   "up --cluster FILE [--nodes N] [--agent=false] [--agent-args ARGS]",
+		Use:   "up --cluster FILE [--nodes N] [--agent=false] [--agent-args ARGS] [--apiserver | --kubeconfig FILE]",
 		Short: "Build a lab from Namespaces and Pods",
 		Long: `up builds the lab: --nodes node namespaces, one namespace per Pod of
 --cluster (spec.nodeName node-K picks the node, other names and no name go
@@ -64,6 +64,8 @@ exists, and removes what it made when it fails half-way.`,
 	c.Flags().IntVar(&o.Nodes, "nodes", 2, "number of nodes")
 	c.Flags().BoolVar(&o.Agent, "agent", true, "run the agent in every node namespace")
 	c.Flags().StringVar(&agentArgs, "agent-args", "", "extra arguments for every agent, split at spaces")
+	c.Flags().BoolVar(&o.APIServer, "apiserver", false, "start a kube-apiserver + etcd for the lab (built by scripts/apiserver/build.sh), create the lab's Nodes, Namespaces and Pods there and run the agents on it; 'lab down' stops it")
+	c.Flags().StringVar(&o.Kubeconfig, "kubeconfig", "", "like --apiserver, but on the existing API server of this kubeconfig")
 	return c
 }
 

@@ -32,6 +32,8 @@ func run() int {
 	})
 	root.AddCommand(probeCmd(), explainCmd(), labCmd())
 	root.AddCommand(agentCmd())
+	root.AddCommand(traceCmd())
+	root.AddCommand(benchCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "xdpolicy:", err)
 		var ue usageError

@@ -55,6 +55,12 @@ type Config struct {
 	Log       *slog.Logger
 	// Ready, if set, receives the bound metrics address once listening.
 	OnListen func(addr string)
+	// APISocket is a unix socket serving the same ops API (default
+	// StateDir/agent.sock when StateDir is set, else none).
+	APISocket string
+	// TraceAlways records verdicts with nobody following, so that GET
+	// /trace without follow returns the latest ones.
+	TraceAlways bool
 }
 
 // Run runs the agent until ctx ends.
@@ -139,12 +145,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	flows := flowtable.NewTable(objs.Flows)
 	flows.SetGeneration(genBase)
 	counters := &worker.Counters{}
+	xops := newOps(cfg, counters, flows)
+	ctl := newControl(cfg, log)
 	var ready atomic.Bool
 	var kernelGen atomic.Uint32
 	kernelGen.Store(genBase)
 
 	// Ops server.
-	srv, err := serveOps(cfg, log, &ready, objs, counters, wirer, pp, &kernelGen)
+	srv, err := serveOps(cfg, log, &ready, objs, counters, wirer, pp, &kernelGen, xops, ctl)
 	if err != nil {
 		return err
 	}
@@ -161,7 +169,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		w := worker.New(worker.Config{
 			UMEM: pp.UMEM, RX: rx, Free: pp.UMEM.NewFreeList(i*per, per),
 			Publisher: &pub, Classifier: cls, Flows: flows, Targets: wirer.Registry(),
-			Counters: counters, Mode: cfg.Mode,
+			Counters: counters, Mode: cfg.Mode, Fastpath: cfg.Fastpath, Trace: xops.ring,
 		})
 		wg.Add(1)
 		go func() {
@@ -173,7 +181,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		q := &worker.Requests{Map: objs.Requests, Publisher: &pub, Classifier: cls, Flows: flows, Mode: cfg.Mode, Counters: counters}
+		q := &worker.Requests{Map: objs.Requests, Publisher: &pub, Classifier: cls, Flows: flows, Mode: cfg.Mode, Counters: counters, Trace: xops.ring}
 		if err := q.Run(wctx); err != nil {
 			log.Error("requests ring buffer", "err", err)
 		}
@@ -223,14 +231,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil
 		case c := <-snaps:
 			start := time.Now()
+			ctl.received(c)
 			rs, problems := compile.Compile(c)
 			for _, p := range problems {
 				log.Warn("policy fails closed", "problem", p.Error())
 			}
 			g := pub.Publish(rs)
+			xops.published(c, rs, problems, time.Since(start))
 			cur = rs
 			kg := genBase + uint32(g)
-			cls.SetNodeAddrs(nodeAddrs())
+			cls.SetNodeAddrs(ctl.addrs())
 			if err := wirer.Sync(rs); err != nil {
 				log.Error("sync pods", "err", err)
 			}
@@ -240,6 +250,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				log.Error("write config generation", "err", err)
 			}
 			kernelGen.Store(kg)
+			ctl.enforced(c, problems)
 			st, err := flows.Revalidate(cls, rs, cfg.Mode)
 			if err != nil {
 				log.Error("revalidate flows", "err", err)
@@ -250,7 +261,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				"took", time.Since(start).Round(time.Microsecond))
 		case <-resync.C:
 			if cur != nil {
-				cls.SetNodeAddrs(nodeAddrs())
+				cls.SetNodeAddrs(ctl.addrs())
 				if err := wirer.Sync(cur); err != nil {
 					log.Error("sync pods", "err", err)
 				}
@@ -275,7 +286,7 @@ func nodeAddrs() []netip.Addr {
 }
 
 func serveOps(cfg Config, log *slog.Logger, ready *atomic.Bool, objs *xdpprog.Objects, c *worker.Counters,
-	wirer *podwire.Wirer, pp *punt.Port, gen *atomic.Uint32) (*http.Server, error) {
+	wirer *podwire.Wirer, pp *punt.Port, gen *atomic.Uint32, xops *ops, ctl *control) (*http.Server, error) {
 	addr := cfg.MetricsAddr
 	if addr == "" {
 		addr = "127.0.0.1:9090"
@@ -286,6 +297,8 @@ func serveOps(cfg Config, log *slog.Logger, ready *atomic.Bool, objs *xdpprog.Ob
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{objs: objs, c: c, wirer: wirer, pp: pp, gen: gen})
+	reg.MustRegister(ctl.collectors()...)
+	reg.MustRegister(xops.collectors(objs, wirer.Registry(), pp.RX)...)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -302,7 +315,12 @@ func serveOps(cfg Config, log *slog.Logger, ready *atomic.Bool, objs *xdpprog.Ob
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	xops.register(mux)
 	go srv.Serve(ln)
+	if err := serveSocket(cfg, srv, log); err != nil {
+		srv.Close()
+		return nil, err
+	}
 	log.Info("ops server listening", "addr", ln.Addr().String())
 	if cfg.OnListen != nil {
 		cfg.OnListen(ln.Addr().String())

@@ -62,6 +62,9 @@ func (o *object) String() string {
 // a Pod not in the lab is an error: pods come only from `lab up`). Nothing
 // is written unless every object is valid. It returns one line per object.
 func Apply(dir string, paths []string) ([]string, error) {
+	if s := labState(dir); s != nil && s.Kubeconfig != "" {
+		return s.applyAPI(paths, false)
+	}
 	objs, err := readObjects(paths)
 	if err != nil {
 		return nil, err
@@ -162,6 +165,9 @@ func Apply(dir string, paths []string) ([]string, error) {
 // Delete removes NetworkPolicies from the lab at dir. Namespaces and Pods
 // cannot be deleted. Nothing is removed unless every policy is present.
 func Delete(dir string, paths []string) ([]string, error) {
+	if s := labState(dir); s != nil && s.Kubeconfig != "" {
+		return s.applyAPI(paths, true)
+	}
 	objs, err := readObjects(paths)
 	if err != nil {
 		return nil, err

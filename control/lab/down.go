@@ -43,6 +43,9 @@ func down(s *State) error {
 	// whatever a user started there. Agents get time to detach cleanly.
 	stopProcesses(netns, 10*time.Second)
 	var errs []error
+	if err := downAPI(Dir(s.Name)); err != nil {
+		errs = append(errs, err)
+	}
 	for i := len(netns) - 1; i >= 0; i-- {
 		if err := delNetns(netns[i]); err != nil {
 			errs = append(errs, err)

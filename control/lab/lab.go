@@ -110,6 +110,10 @@ type State struct {
 	// RawSCTP reports that it had not: every pod runs a server that
 	// answers SCTP over raw sockets (see rawsctp.go).
 	RawSCTP bool `json:"rawSCTP,omitempty"`
+	// Kubeconfig of the API server the lab's objects live on, when the
+	// lab runs on one; APIServer is the directory of the one it started.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	APIServer  string `json:"apiServer,omitempty"`
 }
 
 // Node is one node namespace.
@@ -117,6 +121,9 @@ type Node struct {
 	Name  string       `json:"name"` // node-K
 	Netns string       `json:"netns"`
 	IPs   []netip.Addr `json:"ips"` // underlay addresses
+	// API is the unix socket of the node's agent (its /trace, /explain,
+	// /metrics), when the lab runs agents.
+	API string `json:"api,omitempty"`
 }
 
 // Endpoint is the external namespace.

@@ -91,6 +91,9 @@ func word(allowed bool) string {
 // Cluster loads the lab's current cluster and policies, as the agents see
 // them.
 func (s *State) Cluster() (*model.Cluster, error) {
+	if s.Kubeconfig != "" {
+		return s.apiCluster()
+	}
 	res, err := model.Load(ClusterDir(s.Dir), PoliciesDir(s.Dir))
 	if err != nil {
 		return nil, err

@@ -34,6 +34,11 @@ type Options struct {
 	Binary    string
 	Agent     bool
 	AgentArgs []string
+	// APIServer starts a kube-apiserver for the lab (from the cache of
+	// scripts/apiserver/build.sh); Kubeconfig uses an existing one. Either
+	// puts the lab's objects there and runs the agents on it.
+	APIServer  bool
+	Kubeconfig string
 	// Warn receives warnings (e.g. no SCTP in this kernel).
 	Warn io.Writer
 }
@@ -124,6 +129,11 @@ func Up(o Options) (_ *State, err error) {
 	}
 	if err := writeCluster(dir, res.Cluster); err != nil {
 		return nil, err
+	}
+	if o.APIServer || o.Kubeconfig != "" {
+		if err := s.upAPI(o); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.startServers(); err != nil {
 		return nil, err
@@ -548,13 +558,15 @@ func (s *State) startAgents(extra []string) error {
 		done chan struct{}
 	}
 	var all []started
-	for _, n := range s.Nodes {
+	for i, n := range s.Nodes {
+		s.Nodes[i].API = filepath.Join(s.Dir, n.Name+".sock")
+		extra := append([]string{"--api-socket", s.Nodes[i].API}, extra...)
 		bpffs := filepath.Join(s.BPFFS, n.Name)
 		if err := os.MkdirAll(bpffs, 0o700); err != nil {
 			return fmt.Errorf("bpffs dir: %w", err)
 		}
 		log := filepath.Join(s.Dir, "logs", "agent-"+n.Name+".log")
-		args := append([]string{"agent", "--cluster", ClusterDir(s.Dir), "--policies", PoliciesDir(s.Dir), "--node", n.Name, "--bpffs-dir", bpffs}, extra...)
+		args := append(append([]string{"agent"}, s.sourceArgs()...), append([]string{"--node", n.Name, "--bpffs-dir", bpffs}, extra...)...)
 		cmd, err := s.start(n.Netns, log, args...)
 		if err != nil {
 			return err
@@ -610,6 +622,9 @@ func Describe(w io.Writer, s *State) {
 		}
 	}
 	fmt.Fprintf(w, "  logs      %s\n", filepath.Join(s.Dir, "logs"))
+	if s.Kubeconfig != "" {
+		fmt.Fprintf(w, "  kubeconfig %s (kubectl --kubeconfig %s apply -f POLICY.yaml)\n", s.Kubeconfig, s.Kubeconfig)
+	}
 }
 
 func joinAddrs(as []netip.Addr) string {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -23,6 +24,15 @@ type Cluster struct {
 	// for one has not been DNATed yet, so its egress is decided at the
 	// backend's entering hook instead (see dataplane/flowtable).
 	Services []*corev1.Service
+
+	// NodeAddrs are the local node's addresses from its Node object (the
+	// Kubernetes source); traffic from them to local pods is always
+	// allowed, like traffic from the node netns's own addresses.
+	NodeAddrs []netip.Addr
+	// Observed is when a live source first saw the oldest change this
+	// snapshot includes (zero for file sources); the agent measures policy
+	// realization from it.
+	Observed time.Time
 }
 
 // Add appends objects of the kinds a Cluster holds, defaulting them, and

@@ -26,14 +26,7 @@ type Query struct {
 // are returned for the caller to report.
 func New(c *model.Cluster) (*Query, []compile.Problem) {
 	rs, problems := compile.Compile(c)
-	q := &Query{Cluster: c, Rules: rs, policies: map[ruleset.Policy]*networkingv1.NetworkPolicy{}, problems: map[ruleset.Policy]error{}}
-	for _, pr := range problems {
-		q.problems[pr.Policy] = pr.Err
-	}
-	for _, p := range c.Policies {
-		q.policies[ruleset.Policy{Namespace: p.Namespace, Name: p.Name}] = p
-	}
-	return q, problems
+	return NewCompiled(c, rs, problems), problems
 }
 
 // Endpoint is one side of a flow: a pod, or an address no pod owns.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/xdpolicy/xdpolicy/dataplane/flowtable"
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
+	"github.com/xdpolicy/xdpolicy/dataplane/trace"
 	"github.com/xdpolicy/xdpolicy/xdpprog"
 )
 
@@ -26,6 +27,8 @@ type Requests struct {
 	Flows      *flowtable.Table
 	Mode       flowtable.Mode
 	Counters   *Counters
+	// Trace, if set, records every verdict while someone listens.
+	Trace *trace.Ring
 }
 
 // Run reads the ring buffer until ctx ends.
@@ -38,6 +41,7 @@ func (q *Requests) Run(ctx context.Context) error {
 	w := q.Flows.NewWriter()
 	var rec ringbuf.Record
 	var k xdpprog.FlowKey
+	var ev trace.Event
 	for {
 		rd.SetDeadline(time.Now().Add(time.Second))
 		if err := rd.ReadInto(&rec); err != nil {
@@ -57,9 +61,23 @@ func (q *Requests) Run(ctx context.Context) error {
 		if rs == nil {
 			continue
 		}
-		allowed := q.Classifier.DecideKey(rs, &k, false).Allowed
+		v := q.Classifier.DecideKey(rs, &k, false)
+		allowed, kept := v.Allowed, false
 		if !allowed && q.Mode == flowtable.Keep && w.CachedAllow(&k) {
-			allowed = true
+			allowed, kept = true, true
+		}
+		if q.Trace.Enabled() {
+			src, dst := k.Src(), k.Dst()
+			ev = trace.Event{
+				Time: time.Now().UnixNano(), Generation: rs.Generation,
+				Src: src.Addr(), Dst: dst.Addr(), Sport: src.Port(), Dport: dst.Port(), Proto: k.Proto,
+				Hook: k.Hook, Ifindex: k.Ifindex, Allowed: allowed, Kept: kept, Reason: v.Reason,
+				Dir: HookDirection(xdpprog.Hook(k.Hook)), Clause: v.Clause, Source: trace.SourceRequest,
+			}
+			if v.Table != nil {
+				ev.Dir = v.Table.Dir
+			}
+			q.Trace.Record(&ev)
 		}
 		if err := w.Record(&k, allowed); err != nil {
 			q.Counters.CacheErrors.Add(1)

@@ -11,6 +11,7 @@ import (
 	"github.com/xdpolicy/xdpolicy/dataplane/packet"
 	"github.com/xdpolicy/xdpolicy/dataplane/podwire"
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
+	"github.com/xdpolicy/xdpolicy/dataplane/trace"
 	"github.com/xdpolicy/xdpolicy/xdpprog"
 )
 
@@ -24,10 +25,15 @@ type Counters struct {
 	NoSnapshot  atomic.Uint64    // dropped before the first ruleset
 	TxDropped   atomic.Uint64    // allowed but the TX ring was full or gone
 	CacheErrors atomic.Uint64    // flow map updates that failed
+	Reinjected  atomic.Uint64    // allowed frames queued for transmission
+	// Latency is the time from receiving a batch to each frame's verdict.
+	Latency Latency
 }
 
 // Config is what a Worker works with. All fields are required.
 type Config struct {
+	// Trace, if set, records every verdict while someone listens.
+	Trace      *trace.Ring
 	UMEM       *afxdp.UMEM
 	RX         *afxdp.Socket
 	Free       *afxdp.FreeList
@@ -39,6 +45,8 @@ type Config struct {
 	// Mode keep lets a flow that has an allow entry of an older
 	// generation stay allowed.
 	Mode flowtable.Mode
+	// Fastpath is false when every packet is punted (--fastpath=off).
+	Fastpath bool
 }
 
 const batch = 64
@@ -53,6 +61,8 @@ type Worker struct {
 	sent   []*podwire.Port // ports with frames in flight
 	parsed packet.Parsed
 	key    xdpprog.FlowKey
+	ev     trace.Event
+	t0     time.Time // when the current batch was received
 }
 
 // New returns a Worker; Run starts it.
@@ -90,6 +100,7 @@ func (w *Worker) Run(ctx context.Context) {
 			continue
 		}
 		w.c.Counters.Punted.Add(uint64(n))
+		w.t0 = time.Now()
 		rs := w.c.Publisher.Load()
 		for i := range w.descs[:n] {
 			w.handle(rs, w.descs[i])
@@ -144,11 +155,21 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 	p := &w.parsed
 	w.key = xdpprog.NewFlowKey(hook, p.Proto, ifindex,
 		netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort))
-	allowed := w.c.Classifier.Decide(rs, hook, p.Proto, p.Src, p.Dst, p.DstPort).Allowed
+	v := w.c.Classifier.Decide(rs, hook, p.Proto, p.Src, p.Dst, p.DstPort)
+	allowed, kept := v.Allowed, false
 	if !allowed && w.c.Mode == flowtable.Keep && w.w.CachedAllow(&w.key) {
-		allowed = true
+		allowed, kept = true, true
 	}
-	if err := w.w.Record(&w.key, allowed); err != nil {
+	w.observe(rs, hook, ifindex, &v, allowed, kept)
+	var err error
+	if allowed && hook == xdpprog.HookEgress && !w.c.Fastpath {
+		// The frame re-enters tcx ingress on H, which punts everything
+		// with the fast path off, unless the entry carries the mark.
+		err = w.w.RecordReinject(&w.key)
+	} else {
+		err = w.w.Record(&w.key, allowed)
+	}
+	if err != nil {
 		w.c.Counters.CacheErrors.Add(1)
 	}
 	if !allowed {
@@ -175,6 +196,7 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 			return
 		}
 	}
+	w.c.Counters.Reinjected.Add(1)
 	w.track(port)
 }
 

@@ -1,0 +1,99 @@
+package agent
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/xdpolicy/xdpolicy/control/compile"
+	"github.com/xdpolicy/xdpolicy/control/model"
+	"github.com/xdpolicy/xdpolicy/control/source"
+)
+
+// control is the control-loop state the snapshot handler keeps besides
+// the ruleset: the node addresses the source reported, the policy-error
+// gauge and the realization histogram.
+type control struct {
+	src source.Source
+	log *slog.Logger
+
+	mu        sync.Mutex
+	nodeAddrs []netip.Addr // from the source (the Node object)
+
+	policyErrors *prometheus.GaugeVec
+	realization  prometheus.Histogram
+	snapshots    prometheus.Counter
+	errored      map[[2]string]bool
+}
+
+func newControl(cfg Config, log *slog.Logger) *control {
+	return &control{
+		src: cfg.Source,
+		log: log,
+		policyErrors: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "xdpolicy_policy_errors",
+			Help: "1 for each NetworkPolicy that could not be compiled as written and fails closed for the pods it selects.",
+		}, []string{"namespace", "name"}),
+		realization: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xdpolicy_policy_realization_seconds",
+			Help:    "From the source observing a change (informer event) to the snapshot including it being enforced: compiled, published, BPF maps and generation updated, revalidation started.",
+			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10},
+		}),
+		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpolicy_snapshots_enforced_total",
+			Help: "Snapshots compiled and enforced.",
+		}),
+		errored: map[[2]string]bool{},
+	}
+}
+
+func (k *control) collectors() []prometheus.Collector {
+	return []prometheus.Collector{k.policyErrors, k.realization, k.snapshots}
+}
+
+// addrs returns the node netns's addresses with the source's node addresses.
+func (k *control) addrs() []netip.Addr {
+	out := nodeAddrs()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, a := range k.nodeAddrs {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// received is called with each snapshot before it is compiled.
+func (k *control) received(c *model.Cluster) {
+	k.mu.Lock()
+	k.nodeAddrs = c.NodeAddrs
+	k.mu.Unlock()
+}
+
+// enforced is called once the snapshot's generation is in the kernel.
+func (k *control) enforced(c *model.Cluster, problems []compile.Problem) {
+	k.snapshots.Inc()
+	if !c.Observed.IsZero() {
+		k.realization.Observe(time.Since(c.Observed).Seconds())
+	}
+	now := map[[2]string]bool{}
+	for _, p := range problems {
+		key := [2]string{p.Policy.Namespace, p.Policy.Name}
+		now[key] = true
+		k.policyErrors.WithLabelValues(key[0], key[1]).Set(1)
+	}
+	for key := range k.errored {
+		if !now[key] {
+			k.policyErrors.DeleteLabelValues(key[0], key[1])
+		}
+	}
+	k.errored = now
+	if r, ok := k.src.(source.ProblemReporter); ok {
+		r.ReportProblems(problems)
+	}
+}
