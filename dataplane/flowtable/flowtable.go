@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -194,10 +195,55 @@ func (c Clock) Now() uint64 { return uint64(c.mono0 + int64(time.Since(c.t0))) }
 
 // Table is the flows map plus the generation the kernel currently expects.
 type Table struct {
-	m      *ebpf.Map
-	gen    atomic.Uint32
-	denies atomic.Int64
-	clock  Clock
+	m     *ebpf.Map
+	gen   atomic.Uint32
+	clock Clock
+	// denies remembers the deny entries written, oldest first, so that
+	// expiring them costs a lookup and a delete each instead of a walk
+	// over the whole map.
+	denies denyQueue
+}
+
+// denyQueue is a fixed-size FIFO of deny entries and their write times.
+// When it overflows, the oldest are forgotten and a sweep walks the map
+// once to find them.
+type denyQueue struct {
+	mu       sync.Mutex
+	keys     []xdpprog.FlowKey
+	at       []uint64
+	head, n  int
+	overflow bool
+}
+
+const denyQueueSize = 1 << 14
+
+func (q *denyQueue) push(k *xdpprog.FlowKey, at uint64) {
+	q.mu.Lock()
+	if q.keys == nil {
+		q.keys, q.at = make([]xdpprog.FlowKey, denyQueueSize), make([]uint64, denyQueueSize)
+	}
+	if q.n == len(q.keys) {
+		q.head, q.n, q.overflow = (q.head+1)%len(q.keys), q.n-1, true
+	}
+	i := (q.head + q.n) % len(q.keys)
+	q.keys[i], q.at[i] = *k, at
+	q.n++
+	q.mu.Unlock()
+}
+
+// expired moves the entries written before cutoff into out.
+func (q *denyQueue) expired(cutoff uint64, out []xdpprog.FlowKey) ([]xdpprog.FlowKey, []uint64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var at []uint64
+	for q.n > 0 && q.at[q.head] <= cutoff {
+		out = append(out, q.keys[q.head])
+		at = append(at, q.at[q.head])
+		q.head, q.n = (q.head+1)%len(q.keys), q.n-1
+	}
+	overflow := q.overflow
+	q.overflow = false
+	return out, at, overflow
 }
 
 // NewTable wraps the flows map.
@@ -221,25 +267,23 @@ type Writer struct {
 // NewWriter returns a Writer for one goroutine.
 func (t *Table) NewWriter() *Writer { return &Writer{t: t} }
 
+// MarkReinject writes k's allow entry with the re-injection mark, so that
+// the frame about to be re-injected on the pod end passes tcx once although
+// the fast path is off (xdpprog.LastSeenReinject). Only the forward entry:
+// with the fast path off the kernel reads nothing else.
+func (w *Writer) MarkReinject(k *xdpprog.FlowKey) error {
+	w.val = xdpprog.FlowVal{Verdict: xdpprog.VerdictAllow, Generation: w.t.gen.Load(), LastSeenNs: w.t.clock.Now() | xdpprog.LastSeenReinject}
+	return w.t.m.Update(k, &w.val, ebpf.UpdateAny)
+}
+
 // Record caches the verdict for k: an allow for k and its reply, a deny for
 // k alone.
 func (w *Writer) Record(k *xdpprog.FlowKey, allowed bool) error {
-	return w.record(k, allowed, false)
-}
-
-// RecordReinject records an allow like Record and marks the forward entry
-// so that the frame about to be re-injected on the pod end passes tcx once
-// although the fast path is off (xdpprog.LastSeenReinject).
-func (w *Writer) RecordReinject(k *xdpprog.FlowKey) error {
-	return w.record(k, true, true)
-}
-
-func (w *Writer) record(k *xdpprog.FlowKey, allowed, reinject bool) error {
 	now := w.t.clock.Now()
 	w.val = xdpprog.FlowVal{Generation: w.t.gen.Load(), LastSeenNs: now}
 	if !allowed {
 		w.val.Verdict = xdpprog.VerdictDeny
-		w.t.denies.Add(1)
+		w.t.denies.push(k, now)
 		return w.t.m.Update(k, &w.val, ebpf.UpdateAny)
 	}
 	w.val.Verdict = xdpprog.VerdictAllow
@@ -249,9 +293,6 @@ func (w *Writer) record(k *xdpprog.FlowKey, allowed, reinject bool) error {
 	w.val.Pad[0] = FlagReply
 	err1 := w.t.m.Update(&w.rkey, &w.val, ebpf.UpdateAny)
 	w.val.Pad[0] = 0
-	if reinject {
-		w.val.LastSeenNs |= xdpprog.LastSeenReinject
-	}
 	err2 := w.t.m.Update(k, &w.val, ebpf.UpdateAny)
 	if err1 != nil {
 		return err1
@@ -319,7 +360,7 @@ func (t *Table) Revalidate(c *Classifier, rs *ruleset.Ruleset, mode Mode) (Reval
 		} else {
 			st.Denied++
 			e.v = xdpprog.FlowVal{Verdict: xdpprog.VerdictDeny, Generation: gen, LastSeenNs: now}
-			t.denies.Add(1)
+			t.denies.push(&e.k, now)
 		}
 		if err := t.m.Update(&e.k, &e.v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
@@ -328,38 +369,46 @@ func (t *Table) Revalidate(c *Classifier, rs *ruleset.Ruleset, mode Mode) (Reval
 	return st, errors.Join(errs...)
 }
 
-// SweepDenies deletes deny entries older than ttl and returns how many. It
-// walks the map only when denies were written since the last sweep left
-// none.
+// SweepDenies deletes deny entries older than ttl and returns how many.
+// It visits only the denies written (see denyQueue): an entry that has
+// since been overwritten, by an allow or a newer deny, is left alone. Only
+// after the queue overflowed does it walk the whole map once.
 func (t *Table) SweepDenies(ttl time.Duration) (int, error) {
-	if t.denies.Swap(0) == 0 {
+	now := t.clock.Now()
+	if now < uint64(ttl) {
 		return 0, nil
 	}
-	now := t.clock.Now()
-	var k xdpprog.FlowKey
+	keys, at, overflow := t.denies.expired(now-uint64(ttl), nil)
+	deleted := 0
 	var v xdpprog.FlowVal
-	var old []xdpprog.FlowKey
-	remaining := 0
-	it := t.m.Iterate()
-	for it.Next(&k, &v) {
-		if v.Verdict != xdpprog.VerdictDeny {
+	for i := range keys {
+		if err := t.m.Lookup(&keys[i], &v); err != nil || v.Verdict != xdpprog.VerdictDeny || v.LastSeenNs != at[i] {
 			continue
 		}
-		if now-v.LastSeenNs > uint64(ttl) || v.LastSeenNs > now {
-			old = append(old, k)
-		} else {
-			remaining++
+		if err := t.m.Delete(&keys[i]); err == nil {
+			deleted++
 		}
 	}
-	t.denies.Add(int64(remaining))
+	if !overflow {
+		return deleted, nil
+	}
+	var k xdpprog.FlowKey
+	var old []xdpprog.FlowKey
+	it := t.m.Iterate()
+	for it.Next(&k, &v) {
+		if v.Verdict == xdpprog.VerdictDeny && (now-v.LastSeenNs > uint64(ttl) || v.LastSeenNs > now) {
+			old = append(old, k)
+		}
+	}
 	if err := it.Err(); err != nil {
-		t.denies.Add(1) // look again next time
-		return 0, err
+		return deleted, err
 	}
 	for i := range old {
-		_ = t.m.Delete(&old[i])
+		if t.m.Delete(&old[i]) == nil {
+			deleted++
+		}
 	}
-	return len(old), nil
+	return deleted, nil
 }
 
 // Len counts the entries (for tests and metrics; walks the map).

@@ -162,12 +162,14 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 	}
 	w.observe(rs, hook, ifindex, &v, allowed, kept)
 	var err error
-	if allowed && hook == xdpprog.HookEgress && !w.c.Fastpath {
-		// The frame re-enters tcx ingress on H, which punts everything
-		// with the fast path off, unless the entry carries the mark.
-		err = w.w.RecordReinject(&w.key)
-	} else {
+	switch {
+	case w.c.Fastpath:
 		err = w.w.Record(&w.key, allowed)
+	case allowed && hook == xdpprog.HookEgress:
+		// With the fast path off tcx ignores the cache, but the frame
+		// re-enters tcx ingress on H and must not be punted again: the
+		// mark lets it pass once. Nothing else is worth writing.
+		err = w.w.MarkReinject(&w.key)
 	}
 	if err != nil {
 		w.c.Counters.CacheErrors.Add(1)
