@@ -258,46 +258,82 @@ func (t *Table) Generation() uint32 { return t.gen.Load() }
 // Writer writes verdicts for one goroutine with its own scratch space, so
 // writing allocates nothing.
 type Writer struct {
-	t    *Table
-	rkey xdpprog.FlowKey
-	val  xdpprog.FlowVal
-	old  xdpprog.FlowVal
+	t   *Table
+	old xdpprog.FlowVal
+	// The entries staged since the last Flush, written with one batch
+	// update: a worker stages a whole receive batch, then flushes, then
+	// re-injects.
+	keys    []xdpprog.FlowKey
+	vals    []xdpprog.FlowVal
+	noBatch bool // the kernel refused batch updates: one syscall each
 }
 
 // NewWriter returns a Writer for one goroutine.
-func (t *Table) NewWriter() *Writer { return &Writer{t: t} }
+func (t *Table) NewWriter() *Writer {
+	return &Writer{t: t, keys: make([]xdpprog.FlowKey, 0, 256), vals: make([]xdpprog.FlowVal, 0, 256)}
+}
 
-// MarkReinject writes k's allow entry with the re-injection mark, so that
+// MarkReinject stages k's allow entry with the re-injection mark, so that
 // the frame about to be re-injected on the pod end passes tcx once although
 // the fast path is off (xdpprog.LastSeenReinject). Only the forward entry:
 // with the fast path off the kernel reads nothing else.
-func (w *Writer) MarkReinject(k *xdpprog.FlowKey) error {
-	w.val = xdpprog.FlowVal{Verdict: xdpprog.VerdictAllow, Generation: w.t.gen.Load(), LastSeenNs: w.t.clock.Now() | xdpprog.LastSeenReinject}
-	return w.t.m.Update(k, &w.val, ebpf.UpdateAny)
+func (w *Writer) MarkReinject(k *xdpprog.FlowKey) {
+	w.stage(k, xdpprog.FlowVal{Verdict: xdpprog.VerdictAllow, Generation: w.t.gen.Load(), LastSeenNs: w.t.clock.Now() | xdpprog.LastSeenReinject})
 }
 
 // Record caches the verdict for k: an allow for k and its reply, a deny for
 // k alone.
 func (w *Writer) Record(k *xdpprog.FlowKey, allowed bool) error {
+	w.Stage(k, allowed)
+	return w.Flush()
+}
+
+// Stage queues the entries Record would write until the next Flush.
+func (w *Writer) Stage(k *xdpprog.FlowKey, allowed bool) {
 	now := w.t.clock.Now()
-	w.val = xdpprog.FlowVal{Generation: w.t.gen.Load(), LastSeenNs: now}
+	v := xdpprog.FlowVal{Generation: w.t.gen.Load(), LastSeenNs: now}
 	if !allowed {
-		w.val.Verdict = xdpprog.VerdictDeny
+		v.Verdict = xdpprog.VerdictDeny
 		w.t.denies.push(k, now)
-		return w.t.m.Update(k, &w.val, ebpf.UpdateAny)
+		w.stage(k, v)
+		return
 	}
-	w.val.Verdict = xdpprog.VerdictAllow
-	w.rkey = ReplyKey(k)
+	v.Verdict = xdpprog.VerdictAllow
 	// Reply first: the forward entry lets the first packet through, and its
 	// answer must find its entry already there.
-	w.val.Pad[0] = FlagReply
-	err1 := w.t.m.Update(&w.rkey, &w.val, ebpf.UpdateAny)
-	w.val.Pad[0] = 0
-	err2 := w.t.m.Update(k, &w.val, ebpf.UpdateAny)
-	if err1 != nil {
-		return err1
+	v.Pad[0] = FlagReply
+	rk := ReplyKey(k)
+	w.stage(&rk, v)
+	v.Pad[0] = 0
+	w.stage(k, v)
+}
+
+func (w *Writer) stage(k *xdpprog.FlowKey, v xdpprog.FlowVal) {
+	w.keys = append(w.keys, *k)
+	w.vals = append(w.vals, v)
+}
+
+// Flush writes the staged entries, in order, with one system call where the
+// kernel supports batch updates.
+func (w *Writer) Flush() error {
+	if len(w.keys) == 0 {
+		return nil
 	}
-	return err2
+	defer func() { w.keys, w.vals = w.keys[:0], w.vals[:0] }()
+	if !w.noBatch {
+		_, err := w.t.m.BatchUpdate(w.keys, w.vals, nil)
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return err
+		}
+		w.noBatch = true
+	}
+	var errs []error
+	for i := range w.keys {
+		if err := w.t.m.Update(&w.keys[i], &w.vals[i], ebpf.UpdateAny); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // CachedAllow reports whether k has an allow entry of any generation (used

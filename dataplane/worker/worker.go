@@ -53,27 +53,29 @@ const batch = 64
 
 // Worker is one slow-path loop.
 type Worker struct {
-	c      Config
-	w      *flowtable.Writer
-	descs  []afxdp.Desc
-	one    []afxdp.Desc
-	addrs  []uint64
-	sent   []*podwire.Port // ports with frames in flight
-	parsed packet.Parsed
-	key    xdpprog.FlowKey
-	ev     trace.Event
-	t0     time.Time // when the current batch was received
+	c       Config
+	w       *flowtable.Writer
+	descs   []afxdp.Desc
+	one     []afxdp.Desc
+	addrs   []uint64
+	sent    []*podwire.Port // ports with frames in flight
+	pending []pendingTx     // allowed frames of the current batch
+	parsed  packet.Parsed
+	key     xdpprog.FlowKey
+	ev      trace.Event
+	t0      time.Time // when the current batch was received
 }
 
 // New returns a Worker; Run starts it.
 func New(c Config) *Worker {
 	return &Worker{
-		c:     c,
-		w:     c.Flows.NewWriter(),
-		descs: make([]afxdp.Desc, batch),
-		one:   make([]afxdp.Desc, 1),
-		addrs: make([]uint64, 1024),
-		sent:  make([]*podwire.Port, 0, 1024),
+		c:       c,
+		w:       c.Flows.NewWriter(),
+		descs:   make([]afxdp.Desc, batch),
+		one:     make([]afxdp.Desc, 1),
+		addrs:   make([]uint64, 1024),
+		sent:    make([]*podwire.Port, 0, 1024),
+		pending: make([]pendingTx, 0, batch),
 	}
 }
 
@@ -105,7 +107,39 @@ func (w *Worker) Run(ctx context.Context) {
 		for i := range w.descs[:n] {
 			w.handle(rs, w.descs[i])
 		}
+		// One cache write for the batch, before any of its frames goes
+		// back: a re-injected frame must find its entry.
+		if err := w.w.Flush(); err != nil {
+			w.c.Counters.CacheErrors.Add(1)
+		}
+		w.transmit()
 	}
+}
+
+// pendingTx is an allowed frame waiting for the batch's cache write.
+type pendingTx struct {
+	d    afxdp.Desc
+	port *podwire.Port
+}
+
+// transmit re-injects the batch's allowed frames.
+func (w *Worker) transmit() {
+	for _, p := range w.pending {
+		w.one[0] = p.d
+		if p.port.Transmit(w.one) == 0 {
+			n := p.port.Complete(w.addrs)
+			w.c.Free.PutBatch(w.addrs[:n])
+			if p.port.Transmit(w.one) == 0 {
+				w.c.Counters.TxDropped.Add(1)
+				w.drop(p.d)
+				continue
+			}
+		}
+		w.c.Counters.Reinjected.Add(1)
+		w.track(p.port)
+	}
+	clear(w.pending)
+	w.pending = w.pending[:0]
 }
 
 // refill gives free frames to the kernel.
@@ -161,18 +195,14 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 		allowed, kept = true, true
 	}
 	w.observe(rs, hook, ifindex, &v, allowed, kept)
-	var err error
 	switch {
 	case w.c.Fastpath:
-		err = w.w.Record(&w.key, allowed)
+		w.w.Stage(&w.key, allowed)
 	case allowed && hook == xdpprog.HookEgress:
 		// With the fast path off tcx ignores the cache, but the frame
 		// re-enters tcx ingress on H and must not be punted again: the
 		// mark lets it pass once. Nothing else is worth writing.
-		err = w.w.MarkReinject(&w.key)
-	}
-	if err != nil {
-		w.c.Counters.CacheErrors.Add(1)
+		w.w.MarkReinject(&w.key)
 	}
 	if !allowed {
 		w.c.Counters.Denied[hook&3].Add(1)
@@ -188,18 +218,7 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 	}
 	copy(frame[0:6], t.DestMAC(hook)[:])
 	packet.CompleteChecksum(frame, p)
-	w.one[0] = d
-	if port.Transmit(w.one) == 0 {
-		n := port.Complete(w.addrs)
-		w.c.Free.PutBatch(w.addrs[:n])
-		if port.Transmit(w.one) == 0 {
-			w.c.Counters.TxDropped.Add(1)
-			w.drop(d)
-			return
-		}
-	}
-	w.c.Counters.Reinjected.Add(1)
-	w.track(port)
+	w.pending = append(w.pending, pendingTx{d, port})
 }
 
 func (w *Worker) track(p *podwire.Port) {
