@@ -56,10 +56,10 @@ type Worker struct {
 	c       Config
 	w       *flowtable.Writer
 	descs   []afxdp.Desc
-	one     []afxdp.Desc
 	addrs   []uint64
 	sent    []*podwire.Port // ports with frames in flight
 	pending []pendingTx     // allowed frames of the current batch
+	txbuf   []afxdp.Desc    // one port's share of pending
 	parsed  packet.Parsed
 	key     xdpprog.FlowKey
 	ev      trace.Event
@@ -72,10 +72,10 @@ func New(c Config) *Worker {
 		c:       c,
 		w:       c.Flows.NewWriter(),
 		descs:   make([]afxdp.Desc, batch),
-		one:     make([]afxdp.Desc, 1),
 		addrs:   make([]uint64, 1024),
 		sent:    make([]*podwire.Port, 0, 1024),
 		pending: make([]pendingTx, 0, batch),
+		txbuf:   make([]afxdp.Desc, 0, batch),
 	}
 }
 
@@ -122,24 +122,38 @@ type pendingTx struct {
 	port *podwire.Port
 }
 
-// transmit re-injects the batch's allowed frames.
+// transmit re-injects the batch's allowed frames, all frames for one port
+// with one call (one kick), since in copy mode every kick is a system call
+// that does the kernel's share of the work.
 func (w *Worker) transmit() {
-	for _, p := range w.pending {
-		w.one[0] = p.d
-		if p.port.Transmit(w.one) == 0 {
-			n := p.port.Complete(w.addrs)
-			w.c.Free.PutBatch(w.addrs[:n])
-			if p.port.Transmit(w.one) == 0 {
-				w.c.Counters.TxDropped.Add(1)
-				w.drop(p.d)
-				continue
+	for len(w.pending) > 0 {
+		port := w.pending[0].port
+		w.txbuf = w.txbuf[:0]
+		rest := w.pending[:0]
+		for _, p := range w.pending {
+			if p.port == port {
+				w.txbuf = append(w.txbuf, p.d)
+			} else {
+				rest = append(rest, p)
 			}
 		}
-		w.c.Counters.Reinjected.Add(1)
-		w.track(p.port)
+		w.pending = rest
+		sent := port.Transmit(w.txbuf)
+		if sent < len(w.txbuf) {
+			n := port.Complete(w.addrs)
+			w.c.Free.PutBatch(w.addrs[:n])
+			sent += port.Transmit(w.txbuf[sent:])
+		}
+		for _, d := range w.txbuf[sent:] {
+			w.c.Counters.TxDropped.Add(1)
+			w.drop(d)
+		}
+		w.c.Counters.Reinjected.Add(uint64(sent))
+		if sent > 0 {
+			w.track(port)
+		}
 	}
-	clear(w.pending)
-	w.pending = w.pending[:0]
+	clear(w.pending[:cap(w.pending)])
 }
 
 // refill gives free frames to the kernel.
