@@ -52,10 +52,26 @@ for scenario in deploy/examples/*/; do
 			sleep 0.3
 			if "$bin" lab probe --name "$lab" --expect >"$tmp/expect" 2>&1; then ok=yes; break; fi
 		done
+		# While the observed matrix is taken, follow the verdicts of every
+		# node's agent: "why was this dropped?" answered live.
+		tracers=()
+		for node in $(awk '$1 == "node" { print $2 }' "$tmp/up"); do
+			"$bin" trace --lab "$lab" --node "$node" --follow >"$tmp/trace-$node" 2>/dev/null &
+			tracers+=($!)
+		done
+		sleep 0.3
 		"$bin" probe --cluster "$scenario/cluster.yaml" --policies "$step" \
 			--from '*/*' ${external:+--from "$external"} >"$tmp/pred" 2>/dev/null
 		"$bin" lab probe --name "$lab" -o table >"$tmp/obs" 2>/dev/null
+		sleep 0.2
+		kill "${tracers[@]}" 2>/dev/null || true
+		wait "${tracers[@]}" 2>/dev/null || true
 		side_by_side "$tmp/pred" "$tmp/obs"
+		if [ "$step" = deploy/examples/03-frontend-backend/1-backend-allow-frontend/ ]; then
+			echo "  live verdicts (xdpolicy trace --follow), a few of them:"
+			{ cat "$tmp"/trace-* | grep ' ALLOW .*ingress\[' | head -1
+			  cat "$tmp"/trace-* | grep ' DENY ' | sort -u -k7,7 | head -3; } | cut -c1-240 | sed 's/^/    /'
+		fi
 		if [ "$ok" = yes ]; then
 			echo "  => real traffic matches the prediction"
 		else
