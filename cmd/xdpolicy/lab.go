@@ -28,7 +28,7 @@ in every node namespace. Labs are named (--name), so several can coexist;
 their state lives in ` + lab.Root + `/NAME.`,
 	}
 	c.PersistentFlags().StringVar(&name, "name", lab.DefaultName, "lab name")
-	c.AddCommand(labUpCmd(&name), labDownCmd(&name), labListCmd(), labApplyCmd(&name, false), labApplyCmd(&name, true), labProbeCmd(&name), labServeCmd())
+	c.AddCommand(labUpCmd(&name), labDownCmd(&name), labListCmd(), labApplyCmd(&name, false), labApplyCmd(&name, true), labProbeCmd(&name), labServeCmd(), labForwardCmd())
 	return c
 }
 

@@ -22,7 +22,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/xdpolicy/xdpolicy/control/compile"
 	"github.com/xdpolicy/xdpolicy/control/model"
 	"github.com/xdpolicy/xdpolicy/control/source"
 	"github.com/xdpolicy/xdpolicy/dataplane/flowtable"
@@ -232,7 +231,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		case c := <-snaps:
 			start := time.Now()
 			ctl.received(c)
-			rs, problems := compile.Compile(c)
+			rs, problems := ctl.compile(c)
 			for _, p := range problems {
 				log.Warn("policy fails closed", "problem", p.Error())
 			}

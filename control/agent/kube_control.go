@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/xdpolicy/xdpolicy/control/compile"
 	"github.com/xdpolicy/xdpolicy/control/model"
 	"github.com/xdpolicy/xdpolicy/control/source"
+	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
 )
 
 // control is the control-loop state the snapshot handler keeps besides
@@ -23,6 +25,10 @@ type control struct {
 
 	mu        sync.Mutex
 	nodeAddrs []netip.Addr // from the source (the Node object)
+
+	comp compile.Compiler
+	prev *model.Cluster // the cluster comp compiled, as the source gave it
+	full prometheus.Counter
 
 	policyErrors *prometheus.GaugeVec
 	realization  prometheus.Histogram
@@ -47,12 +53,16 @@ func newControl(cfg Config, log *slog.Logger) *control {
 			Name: "xdpolicy_snapshots_enforced_total",
 			Help: "Snapshots compiled and enforced.",
 		}),
+		full: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpolicy_full_compiles_total",
+			Help: "Snapshots compiled from scratch; the others changed only existing NetworkPolicies and were compiled incrementally.",
+		}),
 		errored: map[[2]string]bool{},
 	}
 }
 
 func (k *control) collectors() []prometheus.Collector {
-	return []prometheus.Collector{k.policyErrors, k.realization, k.snapshots}
+	return []prometheus.Collector{k.policyErrors, k.realization, k.snapshots, k.full}
 }
 
 // addrs returns the node netns's addresses with the source's node addresses.
@@ -96,4 +106,58 @@ func (k *control) enforced(c *model.Cluster, problems []compile.Problem) {
 	if r, ok := k.src.(source.ProblemReporter); ok {
 		r.ReportProblems(problems)
 	}
+}
+
+// compile compiles a snapshot: incrementally when, compared with the last
+// one, only existing NetworkPolicies changed (the source shares unchanged
+// objects between snapshots, so pointer comparison finds them), else from
+// scratch.
+func (k *control) compile(c *model.Cluster) (*ruleset.Ruleset, []compile.Problem) {
+	if changed, ok := policyChanges(k.prev, c); ok && len(changed) > 0 {
+		var (
+			rs       *ruleset.Ruleset
+			problems []compile.Problem
+			err      error
+		)
+		for _, o := range changed {
+			if rs, problems, err = k.comp.SetPolicy(o); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			k.prev = c
+			return rs, problems
+		}
+		k.log.Info("incremental compile not possible, compiling from scratch", "err", err)
+	}
+	k.full.Inc()
+	// The compiler owns what it is given and changes its slices later: a
+	// shallow copy keeps c (also read by the explain API) as it is.
+	own := *c
+	own.Namespaces, own.Pods = slices.Clone(c.Namespaces), slices.Clone(c.Pods)
+	own.Policies, own.Services = slices.Clone(c.Policies), slices.Clone(c.Services)
+	rs, problems := k.comp.Compile(&own)
+	k.prev = c
+	return rs, problems
+}
+
+// policyChanges returns the policies of c that differ from prev when
+// nothing else that the compiler reads changed and no policy was added or
+// removed; ok is false otherwise.
+func policyChanges(prev, c *model.Cluster) (changed []*networkingv1.NetworkPolicy, ok bool) {
+	if prev == nil || !slices.Equal(prev.Namespaces, c.Namespaces) || !slices.Equal(prev.Pods, c.Pods) ||
+		!slices.Equal(prev.Services, c.Services) || len(prev.Policies) != len(c.Policies) {
+		return nil, false
+	}
+	for i, p := range c.Policies {
+		q := prev.Policies[i]
+		if p == q {
+			continue
+		}
+		if p.Namespace != q.Namespace || p.Name != q.Name {
+			return nil, false
+		}
+		changed = append(changed, p)
+	}
+	return changed, true
 }

@@ -43,9 +43,11 @@ func kustomizeObjects(t *testing.T) []runtime.Object {
 		t.Fatal(err)
 	}
 	var k struct {
-		Namespace string   `json:"namespace"`
-		Resources []string `json:"resources"`
-		Images    []struct {
+		APIVersion string   `json:"apiVersion"`
+		Kind       string   `json:"kind"`
+		Namespace  string   `json:"namespace"`
+		Resources  []string `json:"resources"`
+		Images     []struct {
 			Name, NewName, NewTag string
 		} `json:"images"`
 	}

@@ -1,15 +1,18 @@
 package kubetest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -72,6 +75,7 @@ type Server struct {
 	Dir        string
 	Kubeconfig string // admin (system:masters) kubeconfig
 	URL        string // https://127.0.0.1:port
+	EtcdURL    string // http://127.0.0.1:port
 	Token      string // admin bearer token
 	Config     *rest.Config
 	Client     kubernetes.Interface
@@ -120,6 +124,7 @@ func Run(ctx context.Context, o Options) (s *Server, err error) {
 		return nil, err
 	}
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	s.EtcdURL = etcdURL
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	// etcd's data lives in memory when /dev/shm exists: fsync latency is not
 	// what the tests measure.
@@ -221,13 +226,14 @@ type state struct {
 	Etcd      int      `json:"etcd"`
 	Apiserver int      `json:"apiserver"`
 	URL       string   `json:"url"`
+	EtcdURL   string   `json:"etcdURL"`
 	Token     string   `json:"token"`
 	APIBin    string   `json:"apiBin"`
 	APIArgs   []string `json:"apiArgs"`
 }
 
 func (s *Server) savePIDs() error {
-	b, _ := json.Marshal(state{Etcd: s.EtcdPID, Apiserver: s.APIPID, URL: s.URL, Token: s.Token, APIBin: s.apiBin, APIArgs: s.apiArgs})
+	b, _ := json.Marshal(state{Etcd: s.EtcdPID, Apiserver: s.APIPID, URL: s.URL, EtcdURL: s.EtcdURL, Token: s.Token, APIBin: s.apiBin, APIArgs: s.apiArgs})
 	return os.WriteFile(s.path("pids.json"), b, 0o600)
 }
 
@@ -243,7 +249,7 @@ func Attach(dir string) (*Server, error) {
 	if err := json.Unmarshal(b, &st); err != nil {
 		return nil, fmt.Errorf("%s/pids.json: %w", dir, err)
 	}
-	s := &Server{Dir: dir, URL: st.URL, Token: st.Token, EtcdPID: st.Etcd, APIPID: st.Apiserver, apiBin: st.APIBin, apiArgs: st.APIArgs, detach: true}
+	s := &Server{Dir: dir, URL: st.URL, EtcdURL: st.EtcdURL, Token: st.Token, EtcdPID: st.Etcd, APIPID: st.Apiserver, apiBin: st.APIBin, apiArgs: st.APIArgs, detach: true}
 	return s, s.writeKubeconfig()
 }
 
@@ -330,6 +336,9 @@ func alive(pid int) bool {
 	return true
 }
 
+// freePorts picks n free ports below the kernel's ephemeral range
+// (32768–60999 by default), so that no outgoing connection takes one while
+// kube-apiserver is stopped and started again on it.
 func freePorts(n int) ([]int, error) {
 	var out []int
 	var lns []net.Listener
@@ -338,13 +347,17 @@ func freePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 1000 {
+			return nil, errors.New("no free port in 20000-32767")
+		}
+		port := 20000 + mrand.IntN(12768)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
-			return nil, err
+			continue
 		}
 		lns = append(lns, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+		out = append(out, port)
 	}
 	return out, nil
 }
@@ -426,4 +439,29 @@ func (s *Server) writeKubeconfig() error {
 	s.Config = rc
 	s.Client, err = kubernetes.NewForConfig(rc)
 	return err
+}
+
+// PutStored writes an object's JSON straight into etcd under key (e.g.
+// /registry/networkpolicies/NS/NAME), past the API server's validation:
+// what an older API server with laxer validation stored stays there and
+// is served as it is. Tests use it for objects today's validation refuses.
+func (s *Server) PutStored(ctx context.Context, key string, obj []byte) error {
+	body, _ := json.Marshal(map[string]string{
+		"key":   base64.StdEncoding.EncodeToString([]byte(key)),
+		"value": base64.StdEncoding.EncodeToString(obj),
+	})
+	req, err := http.NewRequestWithContext(ctx, "POST", s.EtcdURL+"/v3/kv/put", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("etcd put %s: %s: %s", key, resp.Status, b)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -69,7 +70,19 @@ func (s *State) upAPI(o Options) error {
 	if err != nil {
 		return err
 	}
-	return createObjects(ctx, cs, s, res.Cluster)
+	if err := createObjects(ctx, cs, s, res.Cluster); err != nil {
+		return err
+	}
+	// An API server on this namespace's loopback: the node namespaces
+	// reach it through forwarders.
+	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	if hp := apiHostPort(cfg.Host); strings.HasPrefix(hp, "127.0.0.1:") || strings.HasPrefix(hp, "localhost:") {
+		return s.startForwarders(strings.Replace(hp, "localhost:", "127.0.0.1:", 1))
+	}
+	return nil
 }
 
 // client returns a client of the lab's API server.

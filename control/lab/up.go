@@ -476,6 +476,14 @@ func appendYAML(buf *bytes.Buffer, obj any) error {
 	return nil
 }
 
+// execIn is the command running bin inside a named namespace in its own
+// session, detached from this process.
+func execIn(netns, bin string, args ...string) *exec.Cmd {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", netns, bin}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
+}
+
 // start runs the xdpolicy binary inside a named namespace in its own
 // session, detached from this process, logging to log.
 func (s *State) start(netns, log string, args ...string) (*exec.Cmd, error) {
@@ -484,9 +492,8 @@ func (s *State) start(netns, log string, args ...string) (*exec.Cmd, error) {
 		return nil, err
 	}
 	defer f.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", netns, s.Binary}, args...)...)
+	cmd := execIn(netns, s.Binary, args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s in %s: %w", strings.Join(args[:min(2, len(args))], " "), netns, err)
 	}

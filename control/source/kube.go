@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,29 +130,39 @@ func (k *Kube) Run(ctx context.Context, deliver func(*model.Cluster)) error {
 	var (
 		dmu      sync.Mutex
 		observed time.Time // oldest change not yet delivered
+		dirty    kinds     // kinds changed since the last rebuild
 	)
 	wake := make(chan struct{}, 1)
-	mark := func() {
+	mark := func(kind kinds) {
 		dmu.Lock()
 		if observed.IsZero() {
 			observed = time.Now()
 		}
+		dirty |= kind
 		dmu.Unlock()
 		select {
 		case wake <- struct{}{}:
 		default:
 		}
 	}
-	h := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { mark() },
-		UpdateFunc: func(o, n any) { mark() },
-		DeleteFunc: func(any) { mark() },
+	handler := func(kind kinds) cache.ResourceEventHandler {
+		return cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { mark(kind) },
+			UpdateFunc: func(o, n any) { mark(kind) },
+			DeleteFunc: func(any) { mark(kind) },
+		}
 	}
-	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), pols.Informer(), svcs.Informer(), nodes.Informer()} {
-		if _, err := inf.AddEventHandler(h); err != nil {
+	for _, x := range []struct {
+		inf  cache.SharedIndexInformer
+		kind kinds
+	}{{pods.Informer(), kindPods}, {nss.Informer(), kindNamespaces}, {pols.Informer(), kindPolicies}, {svcs.Informer(), kindServices}, {nodes.Informer(), kindNodes}} {
+		if _, err := x.inf.AddEventHandler(handler(x.kind)); err != nil {
 			return fmt.Errorf("kube source: %w", err)
 		}
-		inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		x.inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			if ctx.Err() != nil {
+				return
+			}
 			log.Warn("kube source: watch failed, enforcing the last snapshot until it resumes", "err", err)
 		})
 	}
@@ -177,7 +189,11 @@ func (k *Kube) Run(ctx context.Context, deliver func(*model.Cluster)) error {
 	}
 	log.Info("kube source: caches synced", "took", time.Since(start).Round(time.Millisecond))
 
-	var last time.Time
+	var (
+		last   time.Time
+		snap   snapshot
+		failed bool
+	)
 	first := true
 	for {
 		if !first {
@@ -194,17 +210,24 @@ func (k *Kube) Run(ctx context.Context, deliver func(*model.Cluster)) error {
 				}
 			}
 		}
-		first = false
 		dmu.Lock()
-		obs := observed
-		observed = time.Time{}
+		obs, changed := observed, dirty
+		observed, dirty = time.Time{}, 0
 		dmu.Unlock()
 		last = time.Now()
-		c, err := k.build(pods.Lister().List, nss.Lister().List, pols.Lister().List, svcs.Lister().List, nodes.Lister().List)
-		if err != nil {
+		if first || failed {
+			changed = kindAll
+		}
+		c, err := snap.build(changed, k.Node, pods.Lister().List, nss.Lister().List, pols.Lister().List, svcs.Lister().List, nodes.Lister().List)
+		if failed = err != nil; failed {
+			// Listers of synced caches do not fail; if one does, keep the
+			// last snapshot and try everything again shortly.
 			log.Error("kube source: keeping the last good state", "err", err)
+			first = false
+			time.AfterFunc(100*time.Millisecond, func() { mark(kindAll) })
 			continue
 		}
+		first = false
 		if obs.IsZero() {
 			obs = last
 		}
@@ -221,10 +244,48 @@ func reflectMap[T comparable](m map[T]bool) map[any]bool {
 	return out
 }
 
-// build assembles a Cluster from the caches. The cached objects were
-// stripped and defaulted by Strip and are never modified (informers replace
-// them), so the Cluster shares them instead of copying.
-func (k *Kube) build(
+// kinds is a set of the object kinds the source watches.
+type kinds uint8
+
+const (
+	kindPods kinds = 1 << iota
+	kindNamespaces
+	kindPolicies
+	kindServices
+	kindNodes
+	kindAll = kindPods | kindNamespaces | kindPolicies | kindServices | kindNodes
+)
+
+// snapshot is the last Cluster's sorted lists: a kind that did not change
+// keeps its list (the same slice, the same objects), so that a policy
+// change does not sort 10k pods again, and the agent sees by comparing
+// pointers that nothing but the policies changed. Consumers never modify
+// a Cluster's slices (the agent's compiler works on copies).
+type snapshot struct {
+	namespaces []*corev1.Namespace
+	pods       []*corev1.Pod
+	policies   []*networkingv1.NetworkPolicy
+	services   []*corev1.Service
+	nodeAddrs  []netip.Addr
+}
+
+func byNamespaceName[T interface {
+	GetNamespace() string
+	GetName() string
+}](a, b T) int {
+	if c := strings.Compare(a.GetNamespace(), b.GetNamespace()); c != 0 {
+		return c
+	}
+	return strings.Compare(a.GetName(), b.GetName())
+}
+
+// build assembles a Cluster from the caches, listing again only the kinds
+// that changed. The cached objects were stripped and defaulted by Strip and
+// are never modified (informers replace them), so the Cluster shares them
+// instead of copying. Namespaces that pods or policies refer to but that
+// are not (or no longer) in the cache are added as model.Cluster.Complete
+// does.
+func (s *snapshot) build(changed kinds, node string,
 	podList func(labels.Selector) ([]*corev1.Pod, error),
 	nsList func(labels.Selector) ([]*corev1.Namespace, error),
 	polList func(labels.Selector) ([]*networkingv1.NetworkPolicy, error),
@@ -232,39 +293,70 @@ func (k *Kube) build(
 	nodeList func(labels.Selector) ([]*corev1.Node, error),
 ) (*model.Cluster, error) {
 	all := labels.Everything()
-	c := &model.Cluster{}
 	var err error
-	if c.Pods, err = podList(all); err != nil {
-		return nil, err
-	}
-	if c.Namespaces, err = nsList(all); err != nil {
-		return nil, err
-	}
-	if c.Policies, err = polList(all); err != nil {
-		return nil, err
-	}
-	if c.Services, err = svcList(all); err != nil {
-		return nil, err
-	}
-	nodes, err := nodeList(all)
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range nodes {
-		if n.Name != k.Node {
-			continue
+	if changed&kindPods != 0 {
+		if s.pods, err = podList(all); err != nil {
+			return nil, err
 		}
-		for _, a := range n.Status.Addresses {
-			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+		slices.SortFunc(s.pods, byNamespaceName)
+	}
+	if changed&kindPolicies != 0 {
+		if s.policies, err = polList(all); err != nil {
+			return nil, err
+		}
+		slices.SortFunc(s.policies, byNamespaceName)
+	}
+	if changed&kindServices != 0 {
+		if s.services, err = svcList(all); err != nil {
+			return nil, err
+		}
+		slices.SortFunc(s.services, byNamespaceName)
+	}
+	if changed&(kindNamespaces|kindPods|kindPolicies) != 0 {
+		if s.namespaces, err = nsList(all); err != nil {
+			return nil, err
+		}
+		seen := make(map[string]bool, len(s.namespaces))
+		for _, ns := range s.namespaces {
+			seen[ns.Name] = true
+		}
+		add := func(name string) {
+			if name != "" && !seen[name] {
+				seen[name] = true
+				ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+				model.DefaultNamespace(ns)
+				s.namespaces = append(s.namespaces, ns)
+			}
+		}
+		for _, p := range s.pods {
+			add(p.Namespace)
+		}
+		for _, p := range s.policies {
+			add(p.Namespace)
+		}
+		slices.SortFunc(s.namespaces, func(a, b *corev1.Namespace) int { return strings.Compare(a.Name, b.Name) })
+	}
+	if changed&kindNodes != 0 {
+		nodes, err := nodeList(all)
+		if err != nil {
+			return nil, err
+		}
+		s.nodeAddrs = nil
+		for _, n := range nodes {
+			if n.Name != node {
 				continue
 			}
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				c.NodeAddrs = append(c.NodeAddrs, ip.Unmap())
+			for _, a := range n.Status.Addresses {
+				if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+					continue
+				}
+				if ip, err := netip.ParseAddr(a.Address); err == nil {
+					s.nodeAddrs = append(s.nodeAddrs, ip.Unmap())
+				}
 			}
 		}
 	}
-	c.Complete()
-	return c, nil
+	return &model.Cluster{Namespaces: s.namespaces, Pods: s.pods, Policies: s.policies, Services: s.services, NodeAddrs: s.nodeAddrs}, nil
 }
 
 // ReportProblems implements ProblemReporter: a Warning Event with reason
@@ -279,7 +371,7 @@ func (k *Kube) ReportProblems(ps []compile.Problem) {
 	now := map[string]string{}
 	for _, p := range ps {
 		key := p.Policy.Namespace + "/" + p.Policy.Name
-		msg := fmt.Sprintf("xdpolicy on node %s: policy fails closed (its pods admit nothing) until fixed: %v", k.Node, p.Err)
+		msg := fmt.Sprintf("xdpolicy on node %s: policy fails closed (the pods it selects get no traffic in or out) until fixed: %v", k.Node, p.Err)
 		now[key] = msg
 		if k.reported[key] == msg {
 			continue
