@@ -143,6 +143,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	cls.SetNodeAddrs(nodeAddrs())
 	flows := flowtable.NewTable(objs.Flows)
 	flows.SetGeneration(genBase)
+	flows.SetBase(genBase)
 	counters := &worker.Counters{}
 	xops := newOps(cfg, counters, flows)
 	ctl := newControl(cfg, log)

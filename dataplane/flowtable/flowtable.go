@@ -197,6 +197,7 @@ func (c Clock) Now() uint64 { return uint64(c.mono0 + int64(time.Since(c.t0))) }
 type Table struct {
 	m     *ebpf.Map
 	gen   atomic.Uint32
+	base  atomic.Uint32 // kernel generation = base + ruleset generation
 	clock Clock
 	// denies remembers the deny entries written, oldest first, so that
 	// expiring them costs a lookup and a delete each instead of a walk
@@ -255,11 +256,19 @@ func (t *Table) SetGeneration(g uint32) { t.gen.Store(g) }
 // Generation returns the generation stamped on new entries.
 func (t *Table) Generation() uint32 { return t.gen.Load() }
 
+// SetBase sets the kernel generation that ruleset generation 0 maps to (the
+// generation a previous agent left in the pinned config).
+func (t *Table) SetBase(g uint32) { t.base.Store(g) }
+
 // Writer writes verdicts for one goroutine with its own scratch space, so
 // writing allocates nothing.
 type Writer struct {
 	t   *Table
 	old xdpprog.FlowVal
+	// gen stamps the entries staged from now on: the generation of the
+	// snapshot their verdicts came from (see UseSnapshot), 0 for the
+	// table's current one.
+	gen uint32
 	// The entries staged since the last Flush, written with one batch
 	// update: a worker stages a whole receive batch, then flushes, then
 	// re-injects.
@@ -273,12 +282,28 @@ func (t *Table) NewWriter() *Writer {
 	return &Writer{t: t, keys: make([]xdpprog.FlowKey, 0, 256), vals: make([]xdpprog.FlowVal, 0, 256)}
 }
 
+// UseSnapshot stamps the entries staged from now on with the generation of
+// rs, the snapshot their verdicts are decided with. A worker that loaded rs
+// just before a swap thus writes entries the kernel sees as stale, and the
+// revalidation walk, which skips entries of the current generation, does
+// not take an old verdict for a new one.
+func (w *Writer) UseSnapshot(rs *ruleset.Ruleset) {
+	w.gen = w.t.base.Load() + uint32(rs.Generation)
+}
+
+func (w *Writer) generation() uint32 {
+	if w.gen != 0 {
+		return w.gen
+	}
+	return w.t.gen.Load()
+}
+
 // MarkReinject stages k's allow entry with the re-injection mark, so that
 // the frame about to be re-injected on the pod end passes tcx once although
 // the fast path is off (xdpprog.LastSeenReinject). Only the forward entry:
 // with the fast path off the kernel reads nothing else.
 func (w *Writer) MarkReinject(k *xdpprog.FlowKey) {
-	w.stage(k, xdpprog.FlowVal{Verdict: xdpprog.VerdictAllow, Generation: w.t.gen.Load(), LastSeenNs: w.t.clock.Now() | xdpprog.LastSeenReinject})
+	w.stage(k, xdpprog.FlowVal{Verdict: xdpprog.VerdictAllow, Generation: w.generation(), LastSeenNs: w.t.clock.Now() | xdpprog.LastSeenReinject})
 }
 
 // Record caches the verdict for k: an allow for k and its reply, a deny for
@@ -291,7 +316,7 @@ func (w *Writer) Record(k *xdpprog.FlowKey, allowed bool) error {
 // Stage queues the entries Record would write until the next Flush.
 func (w *Writer) Stage(k *xdpprog.FlowKey, allowed bool) {
 	now := w.t.clock.Now()
-	v := xdpprog.FlowVal{Generation: w.t.gen.Load(), LastSeenNs: now}
+	v := xdpprog.FlowVal{Generation: w.generation(), LastSeenNs: now}
 	if !allowed {
 		v.Verdict = xdpprog.VerdictDeny
 		w.t.denies.push(k, now)

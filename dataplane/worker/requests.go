@@ -61,6 +61,7 @@ func (q *Requests) Run(ctx context.Context) error {
 		if rs == nil {
 			continue
 		}
+		w.UseSnapshot(rs)
 		v := q.Classifier.DecideKey(rs, &k, false)
 		allowed, kept := v.Allowed, false
 		if !allowed && q.Mode == flowtable.Keep && w.CachedAllow(&k) {

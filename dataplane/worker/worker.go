@@ -104,6 +104,9 @@ func (w *Worker) Run(ctx context.Context) {
 		w.c.Counters.Punted.Add(uint64(n))
 		w.t0 = time.Now()
 		rs := w.c.Publisher.Load()
+		if rs != nil {
+			w.w.UseSnapshot(rs)
+		}
 		for i := range w.descs[:n] {
 			w.handle(rs, w.descs[i])
 		}
