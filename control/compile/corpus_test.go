@@ -2,10 +2,8 @@ package compile_test
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -20,24 +18,6 @@ import (
 	"github.com/xdpolicy/xdpolicy/control/naive"
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
 )
-
-// loadCorpus reads the corpus, skipping the test where the checkout has no
-// shared/corpus beside it.
-func loadCorpus(t *testing.T) []corpus.Test {
-	t.Helper()
-	path, err := corpus.Find()
-	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("skipping: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests, err := corpus.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tests
-}
 
 // stepCluster builds the cluster one corpus step describes.
 func stepCluster(t *testing.T, s *corpus.Step) (*model.Cluster, map[string]netip.Addr) {
@@ -108,7 +88,7 @@ func policiesYAML(ps []*networkingv1.NetworkPolicy) string {
 // Kubernetes e2e reachability tables against the compiled ruleset and the
 // naive interpreter.
 func TestUpstreamCorpus(t *testing.T) {
-	tests := loadCorpus(t)
+	tests := corpus.ForTest(t)
 	var cells, steps int
 	for _, ct := range tests {
 		t.Run(ct.ID, func(t *testing.T) {

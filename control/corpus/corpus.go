@@ -6,9 +6,11 @@ package corpus
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -84,4 +86,22 @@ func Load(path string) ([]Test, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return tests, nil
+}
+
+// ForTest loads the corpus for a test, skipping it with one line where the
+// checkout has no shared/corpus beside it.
+func ForTest(t testing.TB) []Test {
+	t.Helper()
+	path, err := Find()
+	if errors.Is(err, os.ErrNotExist) {
+		t.Skipf("skipping: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tests
 }

@@ -1,9 +1,7 @@
 package lab
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -233,10 +231,8 @@ func (s *State) applyAPI(paths []string, del bool) ([]string, error) {
 	for _, o := range objs {
 		switch {
 		case o.Kind == "NetworkPolicy" && o.APIVersion == "networking.k8s.io/v1":
-			np := &networkingv1.NetworkPolicy{}
-			dec := json.NewDecoder(bytes.NewReader(o.js))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(np); err != nil {
+			np, err := model.DecodePolicy(o.js)
+			if err != nil {
 				return out, fmt.Errorf("%s: %s: %w", o.file, o, err)
 			}
 			ns := o.namespace()

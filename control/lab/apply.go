@@ -15,7 +15,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -83,14 +82,8 @@ func Apply(dir string, paths []string) ([]string, error) {
 	for _, o := range objs {
 		switch {
 		case o.Kind == "NetworkPolicy" && o.APIVersion == "networking.k8s.io/v1":
-			np := &networkingv1.NetworkPolicy{}
-			dec := json.NewDecoder(bytes.NewReader(o.js))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(np); err != nil {
-				return nil, fmt.Errorf("%s: %s: %w", o.file, o, err)
-			}
-			model.DefaultPolicy(np)
-			if err := model.ValidatePolicy(np); err != nil {
+			np, err := model.DecodePolicy(o.js)
+			if err != nil {
 				return nil, fmt.Errorf("%s: %s: %w", o.file, o, err)
 			}
 			data, err := yaml.JSONToYAML(o.js)

@@ -3,7 +3,6 @@ package lab_test
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -180,24 +179,6 @@ func TestScenariosEnforced(t *testing.T) {
 	}
 }
 
-// readCorpus reads the upstream corpus, skipping where the checkout has no
-// shared/corpus beside it.
-func readCorpus(t *testing.T) []corpus.Test {
-	t.Helper()
-	path, err := corpus.Find()
-	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("skipping: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests, err := corpus.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tests
-}
-
 // corpusNode spreads the corpus pods over two nodes so that same-node and
 // cross-node cells both occur: x on node-1, y on node-2, z split.
 func corpusNode(ns, pod string) string {
@@ -301,7 +282,7 @@ var corpusPicks = []corpusPick{
 func TestUpstreamCorpusSteps(t *testing.T) {
 	needAgentLab(t)
 	t.Parallel()
-	tests := readCorpus(t)
+	tests := corpus.ForTest(t)
 	byID := map[string]*corpus.Test{}
 	for i := range tests {
 		byID[tests[i].ID] = &tests[i]

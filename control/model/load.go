@@ -126,6 +126,20 @@ func (l *loader) read(name string, data []byte) error {
 	}
 }
 
+// DecodePolicy decodes one networking.k8s.io/v1 NetworkPolicy from JSON,
+// defaults and validates it. Decoding is strict: a misspelt field in a
+// policy would silently widen or narrow what it allows.
+func DecodePolicy(js []byte) (*networkingv1.NetworkPolicy, error) {
+	np := &networkingv1.NetworkPolicy{}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(np); err != nil {
+		return nil, err
+	}
+	DefaultPolicy(np)
+	return np, ValidatePolicy(np)
+}
+
 type typeMeta struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
@@ -173,16 +187,7 @@ func (l *loader) object(file string, js []byte) error {
 		}
 		obj = svc
 	case tm.Kind == "NetworkPolicy" && tm.APIVersion == "networking.k8s.io/v1":
-		// Strict: a misspelt field in a policy would silently widen or
-		// narrow what it allows.
-		np := &networkingv1.NetworkPolicy{}
-		dec := json.NewDecoder(bytes.NewReader(js))
-		dec.DisallowUnknownFields()
-		if err = dec.Decode(np); err == nil {
-			DefaultPolicy(np)
-			err = ValidatePolicy(np)
-		}
-		obj = np
+		obj, err = DecodePolicy(js)
 	case tm.Kind == "NetworkPolicy":
 		return fmt.Errorf("%s: apiVersion %q is not supported, use networking.k8s.io/v1", id, tm.APIVersion)
 	case tm.Kind == "":
