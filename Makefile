@@ -25,7 +25,9 @@ test: vet build
 # dataplane matrix of `xdpolicy bench` (needs root), written to bench/results/.
 BENCH_FLAGS ?= --scenario all --policies 10,100,1000 --pods 100,10000 --duration 3s --reps 3
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./control/... ./dataplane/...
+	# -p 1: one package at a time, so the lab benchmarks do not load the
+	# machine while the classifier's are timed.
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem -timeout 30m ./control/... ./dataplane/...
 	./$(BIN) bench $(BENCH_FLAGS) -o table --results-dir bench/results --profile bench/results/profiles
 
 # The demo: every scenario under deploy/examples, step by step.
