@@ -39,7 +39,8 @@ type Objects struct {
 	Pods         *ebpf.Map // uint32 H ifindex -> PodInfo
 	Config       *ebpf.Map // uint32 0 -> Config
 	Counters     *ebpf.Map // Counter -> per-CPU uint64
-	Requests     *ebpf.Map // ring buffer of FlowKey
+	Requests     *ebpf.Map // ring buffer of FlowKey (Pad: RequestVerdict or RequestSample)
+	PodDrops     *ebpf.Map // uint32 H ifindex -> per-CPU uint64 cached-deny drops
 	XSKs         *ebpf.Map // RX queue index -> AF_XDP socket fd
 	PuntCounters *ebpf.Map // PuntCounter -> per-CPU uint64
 
@@ -61,6 +62,7 @@ func Load(opts Options) (*Objects, error) {
 	}
 	resize(tcxSpec, "flows", opts.FlowsMaxEntries)
 	resize(tcxSpec, "pods", opts.PodsMaxEntries)
+	resize(tcxSpec, "pod_drops", opts.PodsMaxEntries)
 	resize(tcxSpec, "requests", opts.RequestsBytes)
 	resize(puntSpec, "xsks", opts.XSKsMaxEntries)
 
@@ -88,7 +90,7 @@ func Load(opts Options) (*Objects, error) {
 	}
 	o.FromPod, o.ToPod, o.Punt = o.tcx.TcxFromPod, o.tcx.TcxToPod, o.punt.XdpPunt
 	o.Flows, o.Pods, o.Config = o.tcx.Flows, o.tcx.Pods, o.tcx.Config
-	o.Counters, o.Requests = o.tcx.Counters, o.tcx.Requests
+	o.Counters, o.Requests, o.PodDrops = o.tcx.Counters, o.tcx.Requests, o.tcx.PodDrops
 	o.XSKs, o.PuntCounters = o.punt.Xsks, o.punt.PuntCounters
 	return o, nil
 }
@@ -108,6 +110,19 @@ func loadErr(what string, err error) error {
 		return fmt.Errorf("load %s: %+v", what, ve)
 	}
 	return fmt.Errorf("load %s: %w", what, err)
+}
+
+// PodDropCount sums the cached-deny drops of the pod behind H ifindex.
+func (o *Objects) PodDropCount(ifindex uint32) (uint64, error) {
+	var per []uint64
+	if err := o.PodDrops.Lookup(ifindex, &per); err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
 }
 
 // Program returns the tcx program for hook h.

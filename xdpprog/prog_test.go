@@ -612,3 +612,59 @@ func TestPuntXDP(t *testing.T) {
 		t.Errorf("punt counters = %v, want %v", c, want)
 	}
 }
+
+// TestDenySampleAndPodDrops checks that a cached deny counts against its
+// pod and, with sampling on, reports the flow as a sample (Pad
+// RequestSample) in the requests ring buffer.
+func TestDenySampleAndPodDrops(t *testing.T) {
+	f := newFixture(t)
+	rd, err := ringbuf.NewReader(f.Requests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	frame, key := tcp4(t)
+	f.putFlow(key, VerdictDeny, 3)
+	f.setConfig(Config{Generation: 3, PuntIfindex: testPuntIfindex, SampleEvery: 1})
+	for range 3 {
+		ret, _, moved := f.run(HookEgress, frame, 0)
+		wantRet(t, ret, actShot)
+		wantCounters(t, moved, CounterDropCached)
+	}
+	if n, err := f.PodDropCount(uint32(testIfindex)); err != nil || n != 3 {
+		t.Errorf("pod drops = %d, %v; want 3", n, err)
+	}
+	rd.SetDeadline(time.Now().Add(time.Second))
+	rec, err := rd.Read()
+	if err != nil {
+		t.Fatalf("no sample: %v", err)
+	}
+	var got FlowKey
+	if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := key
+	want.Pad = RequestSample
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("sampled key (-want +got):\n%s", diff)
+	}
+
+	// Sampling off: drops still counted, nothing reported.
+	f.setConfig(Config{Generation: 3, PuntIfindex: testPuntIfindex})
+	for range 2 {
+		f.run(HookEgress, frame, 0)
+	}
+	for range 2 { // drain the other two samples
+		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := rd.Read(); err != nil {
+			t.Fatalf("missing sample: %v", err)
+		}
+	}
+	rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := rd.Read(); err == nil {
+		t.Error("a sample was reported with sampling off")
+	}
+	if n, _ := f.PodDropCount(uint32(testIfindex)); n != 5 {
+		t.Errorf("pod drops = %d, want 5", n)
+	}
+}

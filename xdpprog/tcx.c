@@ -77,6 +77,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
 
+/* Fast-path drops per pod (H ifindex), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} pod_drops SEC(".maps");
+
 /* Verdict requests: flow keys of GSO packets that missed the cache. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -320,6 +328,16 @@ static __always_inline int punt(struct __sk_buff *skb, const struct flow_key *k,
 	return bpf_redirect(cfg->punt_ifindex, 0);
 }
 
+static __always_inline void count_pod_drop(__u32 ifindex)
+{
+	__u64 *n = bpf_map_lookup_elem(&pod_drops, &ifindex), one = 1;
+
+	if (n)
+		*n += 1;
+	else
+		bpf_map_update_elem(&pod_drops, &ifindex, &one, BPF_NOEXIST);
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
 	__u32 ifindex = skb->ifindex, zero = 0;
@@ -389,6 +407,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		/* last_seen stays put: a deny lives only as long as userspace
 		 * gives it from its creation. */
 		count(CNT_DROP_CACHED);
+		count_pod_drop(ifindex);
+		if (cfg->sample_every && bpf_get_prandom_u32() % cfg->sample_every == 0) {
+			k.pad = REQUEST_SAMPLE;
+			bpf_ringbuf_output(&requests, &k, sizeof(k), 0);
+		}
 		return TC_ACT_SHOT;
 	}
 	return punt(skb, &k, cfg);

@@ -19,6 +19,7 @@ type tcxConfigVal struct {
 	PuntIfindex uint32
 	Flags       uint32
 	MaxPuntLen  uint32
+	SampleEvery uint32
 }
 
 type tcxFlowKey struct {
@@ -56,6 +57,7 @@ const (
 	tcxMapConfig      = "config"
 	tcxMapCounters    = "counters"
 	tcxMapFlows       = "flows"
+	tcxMapPodDrops    = "pod_drops"
 	tcxMapPods        = "pods"
 	tcxMapRequests    = "requests"
 	tcxProgTcxFromPod = "tcx_from_pod"
@@ -115,6 +117,7 @@ type tcxMapSpecs struct {
 	Config   *ebpf.MapSpec `ebpf:"config"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	Flows    *ebpf.MapSpec `ebpf:"flows"`
+	PodDrops *ebpf.MapSpec `ebpf:"pod_drops"`
 	Pods     *ebpf.MapSpec `ebpf:"pods"`
 	Requests *ebpf.MapSpec `ebpf:"requests"`
 }
@@ -148,6 +151,7 @@ type tcxMaps struct {
 	Config   *ebpf.Map `ebpf:"config"`
 	Counters *ebpf.Map `ebpf:"counters"`
 	Flows    *ebpf.Map `ebpf:"flows"`
+	PodDrops *ebpf.Map `ebpf:"pod_drops"`
 	Pods     *ebpf.Map `ebpf:"pods"`
 	Requests *ebpf.Map `ebpf:"requests"`
 }
@@ -157,6 +161,7 @@ func (m *tcxMaps) Close() error {
 		m.Config,
 		m.Counters,
 		m.Flows,
+		m.PodDrops,
 		m.Pods,
 		m.Requests,
 	)

@@ -98,6 +98,16 @@ func (c Counter) String() string {
 	return "counter?"
 }
 
+// The reason a flow key is in the requests ring buffer (FlowKey.Pad).
+const (
+	// RequestVerdict: a GSO packet missed the cache and was dropped:
+	// decide and cache the flow.
+	RequestVerdict = 0
+	// RequestSample: a sampled cached deny (Config.SampleEvery): trace it,
+	// write nothing.
+	RequestSample = 1
+)
+
 // LastSeenReinject marks an allow entry whose next frame at the leaving
 // hook is a worker's re-injection and passes although the fast path is off
 // (LAST_SEEN_REINJECT in tcx.c). The first frame to find it takes it.

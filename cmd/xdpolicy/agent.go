@@ -20,6 +20,7 @@ func agentCmd() *cobra.Command {
 	var apiSocket string
 	var kubeconfig string
 	var traceAlways bool
+	var sampleDrops int
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Enforce NetworkPolicy on this node's pods (run in the node's network namespace)",
@@ -59,6 +60,7 @@ func agentCmd() *cobra.Command {
 				MetricsAddr: metricsAddr,
 				APISocket:   apiSocket,
 				TraceAlways: traceAlways,
+				SampleDrops: sampleDrops,
 				Log:         log,
 			})
 		},
@@ -77,6 +79,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz and /debug/pprof/ (port 0: any)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	f.StringVar(&apiSocket, "api-socket", "", "unix socket serving the same API as --metrics-addr, /trace and /explain included (default <state-dir>/agent.sock when --state-dir is set)")
+	f.IntVar(&sampleDrops, "sample-drops", 64, "trace 1 in N of the packets the kernel drops on a cached deny (0: none); every drop is counted per pod in /metrics")
 	f.BoolVar(&traceAlways, "trace-always", false, "record verdicts even when nobody follows /trace, so 'xdpolicy trace' without --follow shows the latest")
 	return c
 }

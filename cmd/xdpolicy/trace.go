@@ -127,8 +127,9 @@ matched, snapshot generation and decision latency.
 The agent records only while someone follows (unless it runs with
 --trace-always), so use --follow and then make the connection you want to
 see. Verdicts the kernel applies from its cache (established flows, and
-repeated denies within 2 s) are not traced; the per-CPU counters in
-/metrics (xdpolicy_tcx_packets_total{outcome="drop_cached"}) count them.`,
+repeated denies within 2 s) are not traced one by one: drops are counted
+per pod in /metrics (xdpolicy_fastpath_drops_total) and 1 in the agent's
+--sample-drops is traced with source fastpath-sample.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {

@@ -57,6 +57,9 @@ type Config struct {
 	// APISocket is a unix socket serving the same ops API (default
 	// StateDir/agent.sock when StateDir is set, else none).
 	APISocket string
+	// SampleDrops reports 1 in SampleDrops cached denies the kernel
+	// applies into the trace stream (0: none).
+	SampleDrops int
 	// TraceAlways records verdicts with nobody following, so that GET
 	// /trace without follow returns the latest ones.
 	TraceAlways bool
@@ -133,7 +136,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if !cfg.Fastpath {
 		flags |= xdpprog.ConfigFastpathOff
 	}
-	kcfg := xdpprog.Config{Generation: genBase, PuntIfindex: uint32(pp.Index0), Flags: flags, MaxPuntLen: punt.MTU + 14}
+	kcfg := xdpprog.Config{Generation: genBase, PuntIfindex: uint32(pp.Index0), Flags: flags, MaxPuntLen: punt.MTU + 14, SampleEvery: uint32(cfg.SampleDrops)}
 	if err := objs.SetConfig(kcfg); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}

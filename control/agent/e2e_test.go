@@ -473,6 +473,14 @@ func TestAgentEndToEnd(t *testing.T) {
 	agent1.waitEnforced(t, n+1)
 	matrix("deny", false, false, false)
 	expect("deny: node→b TCP (node addresses are always allowed)", tcpOK(t, e.node, hostPort(b.v4, 8080)), true)
+	// Repeated datagrams of a denied flow meet the cached deny in the
+	// kernel: counted against b, and sampled into the trace stream.
+	for range 3 {
+		udpOK(t, a.ns, hostPort(b.v4, 9000))
+	}
+	if _, m := e.get(t, agent1, "/metrics"); !regexp.MustCompile(`xdpolicy_fastpath_drops_total\{pod="[^"]+"\} [1-9]`).MatchString(m) {
+		t.Errorf("no per-pod fast-path drops after repeated denied datagrams")
+	}
 
 	t.Log("allow a→b TCP 8080")
 	n = agent1.count()

@@ -21,6 +21,7 @@ var (
 	descRing     = prometheus.NewDesc("xdpolicy_afxdp_ring_events_total", "AF_XDP RX socket statistics of the punt port.", []string{"queue", "stat"}, nil)
 	descGen      = prometheus.NewDesc("xdpolicy_generation", "Ruleset generation the kernel enforces.", nil, nil)
 	descPods     = prometheus.NewDesc("xdpolicy_wired_pods", "Local pods whose veths carry the programs.", nil, nil)
+	descPodDrops = prometheus.NewDesc("xdpolicy_fastpath_drops_total", "Packets the tcx programs dropped on a cached deny, per local pod.", []string{"pod"}, nil)
 )
 
 type collector struct {
@@ -32,7 +33,7 @@ type collector struct {
 }
 
 func (k *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVerdicts, descPunted, descDrops, descKernel, descPuntXDP, descRing, descGen, descPods} {
+	for _, d := range []*prometheus.Desc{descVerdicts, descPunted, descDrops, descKernel, descPuntXDP, descRing, descGen, descPods, descPodDrops} {
 		ch <- d
 	}
 }
@@ -79,6 +80,11 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descGen, prometheus.GaugeValue, float64(k.gen.Load()))
 	ch <- prometheus.MustNewConstMetric(descPods, prometheus.GaugeValue, float64(k.wirer.Count()))
+	k.wirer.Registry().Targets(func(t *podwire.Target) {
+		if n, err := k.objs.PodDropCount(t.HostIndex); err == nil {
+			ch <- prometheus.MustNewConstMetric(descPodDrops, prometheus.CounterValue, float64(n), t.Pod)
+		}
+	})
 	_ = afxdp.Stats{}
 }
 

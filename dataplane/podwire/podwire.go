@@ -88,6 +88,7 @@ func (p *Port) close() {
 // Target is what a worker needs to re-inject a frame punted from one pod's
 // veth. It is immutable apart from the ports' internals.
 type Target struct {
+	Pod       string // ns/name
 	HostIndex uint32
 	HostMAC   [6]byte
 	PodMAC    [6]byte
@@ -126,6 +127,15 @@ func (r *Registry) Lookup(ifindex uint32) *Target {
 		return nil
 	}
 	return (*m)[ifindex]
+}
+
+// Targets calls fn for every wired pod (control path).
+func (r *Registry) Targets(fn func(*Target)) {
+	if m := r.m.Load(); m != nil {
+		for _, t := range *m {
+			fn(t)
+		}
+	}
 }
 
 // Ports calls fn for every port of every wired pod (control path).
@@ -271,6 +281,7 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 	}
 	for _, k := range stale {
 		_ = w.opts.Objects.Pods.Delete(k)
+		_ = w.opts.Objects.PodDrops.Delete(k)
 	}
 	return errors.Join(errs...)
 }
@@ -327,7 +338,7 @@ func (w *Wirer) wire(idx uint32, name string) (*wired, error) {
 		ns.Close()
 		return nil, fmt.Errorf("peer of %s in pod netns: %w", a.Name, err)
 	}
-	wp := &wired{name: name, hname: a.Name, peer: a.ParentIndex, ns: ns, t: &Target{HostIndex: idx}}
+	wp := &wired{name: name, hname: a.Name, peer: a.ParentIndex, ns: ns, t: &Target{Pod: name, HostIndex: idx}}
 	copy(wp.t.HostMAC[:], a.HardwareAddr)
 	copy(wp.t.PodMAC[:], pl.Attrs().HardwareAddr)
 	wp.info.PodMac, wp.info.HostMac = wp.t.PodMAC, wp.t.HostMAC
@@ -379,6 +390,7 @@ func (w *Wirer) ensurePorts(wp *wired, flags uint32) error {
 func (w *Wirer) unwire(idx uint32, wp *wired, keep bool) {
 	if !keep {
 		_ = w.opts.Objects.Pods.Delete(idx)
+		_ = w.opts.Objects.PodDrops.Delete(idx)
 	}
 	for _, a := range wp.attach {
 		if a == nil {

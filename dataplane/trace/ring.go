@@ -17,11 +17,17 @@ const (
 	// SourceRequest: a flow key the tcx program pushed into the requests
 	// ring buffer (a GSO packet that missed the cache and was dropped).
 	SourceRequest
+	// SourceSample: a cached deny the kernel applied, sampled into the
+	// stream (1 in --sample-drops).
+	SourceSample
 )
 
 func (s Source) String() string {
-	if s == SourceRequest {
+	switch s {
+	case SourceRequest:
 		return "request"
+	case SourceSample:
+		return "fastpath-sample"
 	}
 	return "punt"
 }

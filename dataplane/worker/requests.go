@@ -57,6 +57,8 @@ func (q *Requests) Run(ctx context.Context) error {
 			continue
 		}
 		k = *(*xdpprog.FlowKey)(unsafe.Pointer(&rec.RawSample[0]))
+		sample := k.Pad == xdpprog.RequestSample
+		k.Pad = 0
 		rs := q.Publisher.Load()
 		if rs == nil {
 			continue
@@ -75,10 +77,18 @@ func (q *Requests) Run(ctx context.Context) error {
 				Hook: k.Hook, Ifindex: k.Ifindex, Allowed: allowed, Kept: kept, Reason: v.Reason,
 				Dir: HookDirection(xdpprog.Hook(k.Hook)), Clause: v.Clause, Source: trace.SourceRequest,
 			}
+			if sample {
+				ev.Source = trace.SourceSample
+			}
 			if v.Table != nil {
 				ev.Dir = v.Table.Dir
 			}
 			q.Trace.Record(&ev)
+		}
+		if sample {
+			// The kernel dropped it on a cached deny: trace it, but
+			// rewriting the entry would only prolong the deny.
+			continue
 		}
 		if err := w.Record(&k, allowed); err != nil {
 			q.Counters.CacheErrors.Add(1)

@@ -87,4 +87,14 @@ struct config_val {
 	__u32 punt_ifindex; /* dp0; 0 = no agent: drop what would be punted */
 	__u32 flags;
 	__u32 max_punt_len; /* larger skbs are not punted; 0 = no limit */
+	/* 1 in sample_every cached denies is also reported through the
+	 * requests ring buffer (flow_key.pad = REQUEST_SAMPLE) so that the
+	 * agent can trace it; 0 = never. */
+	__u32 sample_every;
+};
+
+/* flow_key.pad in a requests record: why it was sent. */
+enum {
+	REQUEST_VERDICT = 0, /* a GSO packet missed: decide and cache the flow */
+	REQUEST_SAMPLE = 1,  /* a sampled fast-path drop: trace only */
 };
