@@ -155,7 +155,11 @@ func (l *apiLab) waitReady(tb testing.TB) {
 				break
 			}
 			if time.Now().After(deadline) {
-				tb.Fatalf("agent on %s not ready: %v", l.s.Nodes[i].Name, err)
+				log, _ := os.ReadFile(filepath.Join(l.s.Dir, "logs", "agent-"+l.s.Nodes[i].Name+".log"))
+				if len(log) > 4000 {
+					log = log[len(log)-4000:]
+				}
+				tb.Fatalf("agent on %s not ready: %v; its log ends:\n%s", l.s.Nodes[i].Name, err, log)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
