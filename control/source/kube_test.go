@@ -40,6 +40,13 @@ func (l *latest) deliver(c *model.Cluster) {
 	}
 }
 
+// count is how many snapshots were delivered so far.
+func (l *latest) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
 // wait returns the first snapshot (delivered from now on or the current
 // one) for which ok holds.
 func (l *latest) wait(t *testing.T, what string, ok func(*model.Cluster) bool) *model.Cluster {
@@ -171,6 +178,16 @@ func TestKube(t *testing.T) {
 
 	// The API server goes away: nothing is delivered, nothing fails; a
 	// change made while it is back is delivered (the reflectors relist).
+	// First let the source settle: the update above may still be followed
+	// by a rebuild of its own (rate-bounded) before the server stops.
+	for settled := l.count(); ; {
+		time.Sleep(500 * time.Millisecond)
+		if n := l.count(); n == settled {
+			break
+		} else {
+			settled = n
+		}
+	}
 	srv.StopAPIServer()
 	l.mu.Lock()
 	n0 := l.n
