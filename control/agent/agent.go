@@ -240,7 +240,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				log.Warn("policy fails closed", "problem", p.Error())
 			}
 			g := pub.Publish(rs)
-			xops.published(c, rs, problems, time.Since(start))
+			xops.published(rs, time.Since(start))
 			cur = rs
 			kg := genBase + uint32(g)
 			cls.SetNodeAddrs(ctl.addrs())
@@ -258,6 +258,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			if err != nil {
 				log.Error("revalidate flows", "err", err)
 			}
+			xops.enforced(c, rs, problems)
 			ready.Store(true)
 			log.Info("snapshot enforced", "generation", kg, "pods", len(rs.Pods), "policies", len(rs.Policies),
 				"wired", wirer.Count(), "flows_seen", st.Seen, "kept", st.Kept, "denied", st.Denied, "deleted", st.Deleted,

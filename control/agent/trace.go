@@ -57,10 +57,18 @@ func newOps(cfg Config, counters *worker.Counters, flows *flowtable.Table) *ops 
 
 // published records a snapshot the control loop has just published, and
 // how long compiling it took.
-func (x *ops) published(c *model.Cluster, rs *ruleset.Ruleset, problems []compile.Problem, took time.Duration) {
+// published remembers a snapshot as soon as workers may use it, so that
+// their trace records can be named.
+func (x *ops) published(rs *ruleset.Ruleset, took time.Duration) {
 	x.hist.Remember(rs)
-	x.live.Store(&liveSnapshot{cluster: c, rs: rs, problems: problems})
 	x.compile.observe(took)
+}
+
+// enforced makes a snapshot the one /explain answers with, once the kernel
+// enforces it (pods map synced, generation set, cache revalidated): an
+// explanation never runs ahead of what the wire does.
+func (x *ops) enforced(c *model.Cluster, rs *ruleset.Ruleset, problems []compile.Problem) {
+	x.live.Store(&liveSnapshot{cluster: c, rs: rs, problems: problems})
 }
 
 func (x *ops) register(mux *http.ServeMux) {

@@ -166,8 +166,10 @@ func TestKube(t *testing.T) {
 		t.Fatal(err)
 	}
 	c = l.wait(t, "policy web", hasPolicy(ns, "web", nil))
-	if c.Observed.Before(before) || time.Since(c.Observed) > 30*time.Second {
-		t.Errorf("Observed = %v, want after %v", c.Observed, before)
+	// Observed is the oldest change the snapshot carries: a pod update that
+	// arrived just before the create may be coalesced into it.
+	if c.Observed.Before(before.Add(-time.Second)) || c.Observed.After(time.Now()) {
+		t.Errorf("Observed = %v, want within a second before %v", c.Observed, before)
 	}
 	t.Logf("policy create → snapshot delivered in %v", time.Since(before).Round(time.Microsecond))
 	np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp}}}}
