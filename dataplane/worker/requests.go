@@ -65,23 +65,12 @@ func (q *Requests) Run(ctx context.Context) error {
 		}
 		w.UseSnapshot(rs)
 		v := q.Classifier.DecideKey(rs, &k, false)
-		allowed, kept := v.Allowed, false
-		if !allowed && q.Mode == flowtable.Keep && w.CachedAllow(&k) {
-			allowed, kept = true, true
-		}
+		allowed, kept := keepAllowed(q.Mode, w, &k, &v)
 		if q.Trace.Enabled() {
-			src, dst := k.Src(), k.Dst()
-			ev = trace.Event{
-				Time: time.Now().UnixNano(), Generation: rs.Generation,
-				Src: src.Addr(), Dst: dst.Addr(), Sport: src.Port(), Dport: dst.Port(), Proto: k.Proto,
-				Hook: k.Hook, Ifindex: k.Ifindex, Allowed: allowed, Kept: kept, Reason: v.Reason,
-				Dir: HookDirection(xdpprog.Hook(k.Hook)), Clause: v.Clause, Source: trace.SourceRequest,
-			}
+			verdictEvent(&ev, rs, k.Src(), k.Dst(), k.Proto, xdpprog.Hook(k.Hook), k.Ifindex, &v, allowed, kept)
+			ev.Time, ev.Source = time.Now().UnixNano(), trace.SourceRequest
 			if sample {
 				ev.Source = trace.SourceSample
-			}
-			if v.Table != nil {
-				ev.Dir = v.Table.Dir
 			}
 			q.Trace.Record(&ev)
 		}

@@ -207,10 +207,7 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 	w.key = xdpprog.NewFlowKey(hook, p.Proto, ifindex,
 		netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort))
 	v := w.c.Classifier.Decide(rs, hook, p.Proto, p.Src, p.Dst, p.DstPort)
-	allowed, kept := v.Allowed, false
-	if !allowed && w.c.Mode == flowtable.Keep && w.w.CachedAllow(&w.key) {
-		allowed, kept = true, true
-	}
+	allowed, kept := keepAllowed(w.c.Mode, w.w, &w.key, &v)
 	w.observe(rs, hook, ifindex, &v, allowed, kept)
 	switch {
 	case w.c.Fastpath:
