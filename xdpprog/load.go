@@ -68,7 +68,7 @@ func Load(opts Options) (*Objects, error) {
 
 	var co ebpf.CollectionOptions
 	if opts.PinDir != "" {
-		if err := prepareBPFFS(opts.PinDir); err != nil {
+		if _, err := PreparePinDir(opts.PinDir); err != nil {
 			return nil, err
 		}
 		co.Maps.PinPath = opts.PinDir
@@ -191,29 +191,69 @@ func sumPerCPU(m *ebpf.Map, out []uint64) error {
 	return nil
 }
 
-// prepareBPFFS makes sure dir can hold pins: bpffs is mounted at BPFFSRoot
-// when dir lies under it, and dir exists.
-func prepareBPFFS(dir string) error {
+// PreparePinDir makes dir ready to hold pins, and is the one way every entry
+// point (agent, lab, bench, tests) gets a pin directory: when dir lies under
+// BPFFSRoot and no bpffs is mounted there (a fresh machine without systemd),
+// it mounts one, then creates dir. mounted reports whether this call mounted
+// bpffs, so the caller that made the mount can undo it (ReleaseBPFFS).
+func PreparePinDir(dir string) (mounted bool, err error) {
+	dir = filepath.Clean(dir)
 	if dir == BPFFSRoot || strings.HasPrefix(dir, BPFFSRoot+"/") {
-		var st unix.Statfs_t
-		if err := unix.Statfs(BPFFSRoot, &st); err != nil {
-			return fmt.Errorf("statfs %s: %w", BPFFSRoot, err)
+		on, err := onBPFFS(BPFFSRoot)
+		if err != nil {
+			return false, err
 		}
-		if st.Type != unix.BPF_FS_MAGIC {
+		if !on {
 			if err := unix.Mount("bpffs", BPFFSRoot, "bpf", 0, "mode=0700"); err != nil {
-				return fmt.Errorf("mount bpffs at %s: %w", BPFFSRoot, err)
+				if errors.Is(err, unix.EPERM) {
+					return false, fmt.Errorf("mount bpffs at %s: %w (run as root, or mount it first: mount -t bpf bpffs %s)", BPFFSRoot, err, BPFFSRoot)
+				}
+				return false, fmt.Errorf("mount bpffs at %s: %w", BPFFSRoot, err)
 			}
+			mounted = true
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create pin directory: %w", err)
+		return mounted, fmt.Errorf("create pin directory: %w", err)
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(filepath.Clean(dir), &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
+	on, err := onBPFFS(dir)
+	if err != nil {
+		return mounted, err
 	}
-	if st.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("pin directory %s is not on bpffs", dir)
+	if !on {
+		return mounted, fmt.Errorf("pin directory %s is not on bpffs (mount one: mount -t bpf bpffs %s)", dir, dir)
+	}
+	return mounted, nil
+}
+
+// ReleaseBPFFS unmounts the bpffs at BPFFSRoot that PreparePinDir mounted,
+// once nothing is pinned there any more; pins still present (another agent's,
+// or ours kept on purpose) keep it mounted.
+func ReleaseBPFFS() error {
+	if on, err := onBPFFS(BPFFSRoot); err != nil || !on {
+		return err
+	}
+	ents, err := os.ReadDir(BPFFSRoot)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		// Kernels with CONFIG_BPF_PRELOAD put these two iterators into
+		// every new bpffs; they are not anybody's pins.
+		if n := e.Name(); n != "maps.debug" && n != "progs.debug" {
+			return nil
+		}
+	}
+	if err := unix.Unmount(BPFFSRoot, 0); err != nil {
+		return fmt.Errorf("unmount %s: %w", BPFFSRoot, err)
 	}
 	return nil
+}
+
+func onBPFFS(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return st.Type == unix.BPF_FS_MAGIC, nil
 }

@@ -86,10 +86,16 @@ func vethPair(t *testing.T) (int, int) {
 func testPinDir(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(BPFFSRoot, uniqueName("xdpprog-test"))
-	if err := prepareBPFFS(dir); err != nil {
-		t.Skipf("no bpffs for pinning: %v", err)
+	mounted, err := PreparePinDir(dir)
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		if mounted {
+			ReleaseBPFFS()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
 

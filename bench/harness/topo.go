@@ -21,6 +21,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/xdpolicy/xdpolicy/xdpprog"
 )
 
 // Addresses of the bench topology. Generator sources are drawn from
@@ -52,6 +54,7 @@ type Topo struct {
 	nodeH, genH, sinkH netns.NsHandle
 	Dir                string // cluster/, policies/, logs
 	BPFFS              string
+	mountedBPFFS       bool // StartAgent mounted bpffs; Close unmounts it
 	sinkLink           *netlink.Handle
 }
 
@@ -149,6 +152,9 @@ func (t *Topo) Close() {
 		}
 	}
 	_ = os.RemoveAll(t.BPFFS)
+	if t.mountedBPFFS {
+		_ = xdpprog.ReleaseBPFFS()
+	}
 	if t.Dir != "" && os.Getenv("XDPBENCH_KEEP") == "" {
 		_ = os.RemoveAll(t.Dir)
 	}
@@ -233,7 +239,9 @@ type Agent struct {
 // StartAgent runs the agent in the node netns and waits until it enforces
 // its first snapshot.
 func (t *Topo) StartAgent(binary string, fastpath bool, workers int) (*Agent, error) {
-	if err := os.MkdirAll(t.BPFFS, 0o700); err != nil {
+	mounted, err := xdpprog.PreparePinDir(t.BPFFS)
+	t.mountedBPFFS = t.mountedBPFFS || mounted
+	if err != nil {
 		return nil, err
 	}
 	log := filepath.Join(t.Dir, "logs", "agent.log")

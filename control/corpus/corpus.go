@@ -1,22 +1,25 @@
 // Package corpus reads the reachability tables extracted from the upstream
-// Kubernetes e2e NetworkPolicy tests (shared/corpus beside the checkout),
+// Kubernetes e2e NetworkPolicy tests (committed under testdata/),
 // which the compiler's and the lab's tests are checked against. Only tests
 // use it; it never decides anything itself.
 package corpus
 
 import (
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 )
 
-// File is where the corpus lives relative to a parent of the checkout.
-const File = "shared/corpus/upstream-v1.35.4.json"
+// The corpus is committed as test data (testdata/README.md says what it is
+// and how it was made), so no test depends on a folder outside the
+// repository.
+//
+//go:embed testdata/upstream-v1.35.4.json
+var upstream []byte
 
 // Test is one upstream e2e test.
 type Test struct {
@@ -55,51 +58,22 @@ type State struct {
 	Policies []json.RawMessage `json:"policies"`
 }
 
-// Find walks up from the working directory to the corpus; the error wraps
-// os.ErrNotExist when no parent has it.
-func Find() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		p := filepath.Join(dir, File)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("upstream reachability corpus %s not found in any parent directory: %w", File, os.ErrNotExist)
-		}
-		dir = parent
-	}
-}
-
-// Load reads the corpus.
-func Load(path string) ([]Test, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
+// Load parses the committed corpus.
+func Load() ([]Test, error) {
 	var tests []Test
-	if err := json.Unmarshal(data, &tests); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := json.Unmarshal(upstream, &tests); err != nil {
+		return nil, fmt.Errorf("upstream corpus: %w", err)
+	}
+	if len(tests) == 0 {
+		return nil, errors.New("upstream corpus: no tests")
 	}
 	return tests, nil
 }
 
-// ForTest loads the corpus for a test, skipping it with one line where the
-// checkout has no shared/corpus beside it.
+// ForTest loads the corpus for a test.
 func ForTest(t testing.TB) []Test {
 	t.Helper()
-	path, err := Find()
-	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("skipping: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests, err := Load(path)
+	tests, err := Load()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/xdpolicy/xdpolicy/xdpprog"
 )
 
 // Down stops a lab's agents and servers and removes its namespaces (and with
@@ -53,6 +55,11 @@ func down(s *State) error {
 	}
 	if err := os.RemoveAll(BPFFSRoot(s.Name)); err != nil {
 		errs = append(errs, err)
+	}
+	if s.MountedBPFFS {
+		if err := xdpprog.ReleaseBPFFS(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := os.RemoveAll(Dir(s.Name)); err != nil {
 		errs = append(errs, err)

@@ -356,3 +356,47 @@ func checkGone(t *testing.T, name string, before []string) {
 		}
 	}
 }
+
+// TestLabUpWithoutBPFFS is the fresh-machine regression: in a private mount
+// namespace where /sys/fs/bpf is not bpffs (a machine without systemd), `lab
+// up` with agents must mount it itself, enforce a policy, and `lab down`
+// must unmount it again.
+func TestLabUpWithoutBPFFS(t *testing.T) {
+	needAgentLab(t)
+	for _, c := range []string{"unshare", "mountpoint", "umount"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Fatalf("%s not found (util-linux)", c)
+		}
+	}
+	t.Parallel()
+	name := labName(t, "nobpf")
+	t.Cleanup(func() { run("lab", "down", "--name", name) })
+	before := netnsList(t)
+	script := `set -e
+B=$1 N=$2
+while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done
+echo "bpffs before up: $(mountpoint /sys/fs/bpf || true)"
+"$B" lab up --name "$N" --cluster ../../deploy/examples/01-basics/cluster.yaml >/dev/null
+mountpoint -q /sys/fs/bpf || { echo "lab up did not mount bpffs"; exit 1; }
+"$B" lab apply --name "$N" -f ../../deploy/examples/01-basics/3-deny-all-ingress >/dev/null
+ok=
+for i in 1 2 3 4 5 6 7 8 9 10; do
+	sleep 0.5
+	if "$B" lab probe --name "$N" --expect >/dev/null 2>&1; then ok=1; break; fi
+done
+[ -n "$ok" ] || { "$B" lab probe --name "$N" --expect || true; echo "deny-all-ingress not enforced"; exit 1; }
+echo "enforced"
+"$B" lab down --name "$N"
+if mountpoint -q /sys/fs/bpf; then echo "lab down left bpffs mounted:"; find /sys/fs/bpf; exit 1; fi
+echo "bpffs after down: $(mountpoint /sys/fs/bpf || true)"
+`
+	out, err := exec.Command("unshare", "-m", "--propagation", "private", "bash", "-c", script, "_", binary, name).CombinedOutput()
+	t.Logf("%s", out)
+	if err != nil {
+		t.Fatalf("lab in a mount namespace without bpffs: %v", err)
+	}
+	if !strings.Contains(string(out), "is not a mountpoint") || !strings.Contains(string(out), "enforced") {
+		t.Errorf("the run did not start without bpffs or did not enforce:\n%s", out)
+	}
+	checkGone(t, name, before)
+}

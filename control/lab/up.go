@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/xdpolicy/xdpolicy/control/model"
+	"github.com/xdpolicy/xdpolicy/xdpprog"
 )
 
 // Options of Up.
@@ -569,8 +570,10 @@ func (s *State) startAgents(extra []string) error {
 		s.Nodes[i].API = filepath.Join(s.Dir, n.Name+".sock")
 		extra := append([]string{"--api-socket", s.Nodes[i].API}, extra...)
 		bpffs := filepath.Join(s.BPFFS, n.Name)
-		if err := os.MkdirAll(bpffs, 0o700); err != nil {
-			return fmt.Errorf("bpffs dir: %w", err)
+		mounted, err := xdpprog.PreparePinDir(bpffs)
+		s.MountedBPFFS = s.MountedBPFFS || mounted
+		if err != nil {
+			return err
 		}
 		log := filepath.Join(s.Dir, "logs", "agent-"+n.Name+".log")
 		args := append(append([]string{"agent"}, s.sourceArgs()...), append([]string{"--node", n.Name, "--bpffs-dir", bpffs}, extra...)...)
