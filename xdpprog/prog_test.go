@@ -226,13 +226,13 @@ func wantRet(t *testing.T, got, want uint32) {
 	}
 }
 
-// wantPunted checks a punted frame: redirected, destination rewritten to
-// the hook encoding, every other byte unchanged.
+// wantPunted checks a punted frame: redirected, the hook's address
+// rewritten to the encoding, every other byte unchanged.
 func wantPunted(t *testing.T, hook Hook, ret uint32, in, out []byte) {
 	t.Helper()
 	wantRet(t, ret, actRedirect)
 	want := append([]byte(nil), in...)
-	PutPuntMAC(want, hook, testIfindex)
+	PutPunt(want, hook, testIfindex)
 	if diff := cmp.Diff(want, out); diff != "" {
 		t.Errorf("punted frame (-want +got):\n%s", diff)
 	}

@@ -3,8 +3,8 @@
 
 /* Fast path of xdpolicy: a flow-verdict cache on the host end (H) of every
  * pod veth. Cached verdicts are applied here; everything else is punted to
- * userspace through the punt veth with its hook encoded in the destination
- * MAC. This program never decides policy itself. */
+ * userspace through the punt veth with its hook encoded in one Ethernet
+ * address (see punt()). This program never decides policy itself. */
 
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -304,9 +304,17 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 static __always_inline int punt(struct __sk_buff *skb, const struct flow_key *k,
 				const struct config_val *cfg)
 {
+	/* The origin goes where P's MAC stands (the source when leaving the
+	 * pod, the destination when entering it), so the other address
+	 * survives to re-injection: behind a bridge the destination of a frame
+	 * leaving the pod is the gateway's or a peer pod's MAC. The source
+	 * form has the group bit, which no real source address has. See
+	 * PutPunt in types.go. */
 	__u8 mac[6] = {
-		0x02, k->hook, k->ifindex >> 24, k->ifindex >> 16, k->ifindex >> 8, k->ifindex,
+		k->hook == HOOK_EGRESS ? 0x03 : 0x02, k->hook,
+		k->ifindex >> 24, k->ifindex >> 16, k->ifindex >> 8, k->ifindex,
 	};
+	__u32 off = k->hook == HOOK_EGRESS ? 6 : 0;
 
 	if (!cfg->punt_ifindex) {
 		count(CNT_DROP_NO_AGENT);
@@ -320,7 +328,7 @@ static __always_inline int punt(struct __sk_buff *skb, const struct flow_key *k,
 		count(CNT_DROP_GSO_MISS);
 		return TC_ACT_SHOT;
 	}
-	if (bpf_skb_store_bytes(skb, 0, mac, sizeof(mac), 0)) {
+	if (bpf_skb_store_bytes(skb, off, mac, sizeof(mac), 0)) {
 		count(CNT_DROP_MALFORMED);
 		return TC_ACT_SHOT;
 	}

@@ -2,7 +2,6 @@ package xdpprog
 
 import (
 	"encoding/binary"
-	"net"
 	"net/netip"
 )
 
@@ -162,41 +161,66 @@ func ntoh16(v uint16) uint16 {
 	return binary.BigEndian.Uint16(b[:])
 }
 
-// Punted frames carry their origin in the Ethernet destination address:
+// Punted frames carry their origin in the one Ethernet address whose real
+// value is known from the pods map (P's MAC), so that the other survives to
+// re-injection:
 //
-//	byte 0    0x02 (locally administered, unicast)
+//	caught leaving the pod (HookEgress): the source address, P's MAC. The
+//	destination stays: H's MAC behind a routed CNI, the gateway's or a
+//	peer pod's behind a bridge.
+//	caught entering the pod (HookIngress): the destination address, P's
+//	MAC. The source stays.
+//
+// The encoding, at offset PuntMACOffset(hook):
+//
+//	byte 0    0x03 in the source address (the group bit: no real source
+//	          address has it), 0x02 in the destination (locally
+//	          administered, unicast)
 //	byte 1    hook id (1 egress, 2 ingress)
 //	bytes 2-5 ifindex of H, big-endian
 //
-// The real destination is known from the pods map (H's MAC when leaving the
-// pod, P's MAC when entering it) and must be restored before re-injection.
-const puntMACPrefix = 0x02
+// Re-injection writes P's MAC back at the same offset (RestorePodMAC).
+const (
+	puntSrcPrefix = 0x03
+	puntDstPrefix = 0x02
+)
 
-// EncodePuntMAC returns the destination MAC the tcx program writes when it
-// punts a packet caught at hook h on H with index ifindex.
-func EncodePuntMAC(h Hook, ifindex uint32) net.HardwareAddr {
-	mac := make(net.HardwareAddr, 6)
-	PutPuntMAC(mac, h, ifindex)
-	return mac
+// PuntMACOffset is where in a frame the encoding of hook h lies.
+func PuntMACOffset(h Hook) int {
+	if h == HookEgress {
+		return 6
+	}
+	return 0
 }
 
-// PutPuntMAC writes the encoding into dst[0:6], e.g. a frame's first bytes.
-func PutPuntMAC(dst []byte, h Hook, ifindex uint32) {
-	dst[0] = puntMACPrefix
-	dst[1] = byte(h)
-	binary.BigEndian.PutUint32(dst[2:6], ifindex)
+// PutPunt writes what the tcx program writes into frame when it punts a
+// packet caught at hook h on H with index ifindex.
+func PutPunt(frame []byte, h Hook, ifindex uint32) {
+	mac := frame[PuntMACOffset(h):]
+	mac[0] = puntDstPrefix
+	if h == HookEgress {
+		mac[0] = puntSrcPrefix
+	}
+	mac[1] = byte(h)
+	binary.BigEndian.PutUint32(mac[2:6], ifindex)
 }
 
-// DecodePuntMAC reads the hook and H's ifindex from mac, typically the
-// first six bytes of a punted frame. ok is false when mac is not a punt
-// encoding.
-func DecodePuntMAC(mac []byte) (h Hook, ifindex uint32, ok bool) {
-	if len(mac) < 6 || mac[0] != puntMACPrefix {
+// DecodePunt reads the hook and H's ifindex from a punted frame. ok is false
+// when the frame carries no punt encoding.
+func DecodePunt(frame []byte) (h Hook, ifindex uint32, ok bool) {
+	if len(frame) < 12 {
 		return 0, 0, false
 	}
-	h = Hook(mac[1])
-	if h != HookEgress && h != HookIngress {
-		return 0, 0, false
+	if frame[6] == puntSrcPrefix && Hook(frame[7]) == HookEgress {
+		return HookEgress, binary.BigEndian.Uint32(frame[8:12]), true
 	}
-	return h, binary.BigEndian.Uint32(mac[2:6]), true
+	if frame[0] == puntDstPrefix && Hook(frame[1]) == HookIngress {
+		return HookIngress, binary.BigEndian.Uint32(frame[2:6]), true
+	}
+	return 0, 0, false
+}
+
+// RestorePodMAC undoes PutPunt: P's MAC goes back where the encoding was.
+func RestorePodMAC(frame []byte, h Hook, podMAC *[6]byte) {
+	copy(frame[PuntMACOffset(h):], podMAC[:])
 }

@@ -3,45 +3,70 @@ package xdpprog
 import (
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestPuntMAC(t *testing.T) {
+func TestPuntEncoding(t *testing.T) {
 	tests := []struct {
-		hook    Hook
-		ifindex uint32
-		want    string
+		hook     Hook
+		ifindex  uint32
+		dst, src string // the frame's addresses after PutPunt
 	}{
-		{HookEgress, 7, "02:01:00:00:00:07"},
-		{HookIngress, 0x01020304, "02:02:01:02:03:04"},
-		{HookIngress, 0xffffffff, "02:02:ff:ff:ff:ff"},
+		// Leaving the pod: the source carries the encoding, the
+		// destination (a bridge's or a peer's MAC) is kept.
+		{HookEgress, 7, "aa:bb:cc:dd:ee:01", "03:01:00:00:00:07"},
+		{HookIngress, 0x01020304, "02:02:01:02:03:04", "aa:bb:cc:dd:ee:02"},
+		{HookIngress, 0xffffffff, "02:02:ff:ff:ff:ff", "aa:bb:cc:dd:ee:02"},
 	}
+	pod := [6]byte{0x0a, 1, 2, 3, 4, 5}
 	for _, tc := range tests {
-		mac := EncodePuntMAC(tc.hook, tc.ifindex)
-		if mac.String() != tc.want {
-			t.Errorf("EncodePuntMAC(%v, %d) = %v, want %v", tc.hook, tc.ifindex, mac, tc.want)
+		frame := make([]byte, 14)
+		copy(frame[0:], []byte{0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x01})
+		copy(frame[6:], []byte{0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x02})
+		orig := append([]byte(nil), frame...)
+		PutPunt(frame, tc.hook, tc.ifindex)
+		if dst, src := net.HardwareAddr(frame[0:6]).String(), net.HardwareAddr(frame[6:12]).String(); dst != tc.dst || src != tc.src {
+			t.Errorf("PutPunt(%v, %d): dst %s src %s, want dst %s src %s", tc.hook, tc.ifindex, dst, src, tc.dst, tc.src)
 		}
-		h, ifindex, ok := DecodePuntMAC(mac)
+		h, ifindex, ok := DecodePunt(frame)
 		if !ok || h != tc.hook || ifindex != tc.ifindex {
-			t.Errorf("DecodePuntMAC(%v) = %v, %d, %v", mac, h, ifindex, ok)
+			t.Errorf("DecodePunt(%x) = %v, %d, %v", frame[:12], h, ifindex, ok)
+		}
+		RestorePodMAC(frame, tc.hook, &pod)
+		copy(orig[PuntMACOffset(tc.hook):], pod[:])
+		if diff := cmp.Diff(orig, frame); diff != "" {
+			t.Errorf("RestorePodMAC (-want +got):\n%s", diff)
 		}
 	}
 }
 
-func TestDecodePuntMACRejects(t *testing.T) {
-	for _, s := range []string{"aa:bb:cc:dd:ee:ff", "02:00:00:00:00:01", "02:03:00:00:00:01", "ff:ff:ff:ff:ff:ff"} {
-		mac, err := net.ParseMAC(s)
-		if err != nil {
-			t.Fatal(err)
+func TestDecodePuntRejects(t *testing.T) {
+	for _, s := range []string{
+		"aa:bb:cc:dd:ee:ff aa:bb:cc:dd:ee:ff",
+		"02:01:00:00:00:01 aa:bb:cc:dd:ee:ff", // egress encoded where ingress goes
+		"aa:bb:cc:dd:ee:ff 03:02:00:00:00:01", // ingress encoded where egress goes
+		"02:00:00:00:00:01 02:00:00:00:00:01",
+		"02:03:00:00:00:01 03:03:00:00:00:01",
+		"aa:bb:cc:dd:ee:ff 02:01:00:00:00:01", // unicast prefix in the source
+		"ff:ff:ff:ff:ff:ff aa:bb:cc:dd:ee:ff",
+	} {
+		var frame []byte
+		for _, m := range strings.Fields(s) {
+			mac, err := net.ParseMAC(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frame = append(frame, mac...)
 		}
-		if h, i, ok := DecodePuntMAC(mac); ok {
-			t.Errorf("DecodePuntMAC(%s) = %v, %d, true; want not ok", s, h, i)
+		if h, i, ok := DecodePunt(frame); ok {
+			t.Errorf("DecodePunt(%s) = %v, %d, true; want not ok", s, h, i)
 		}
 	}
-	if _, _, ok := DecodePuntMAC([]byte{2, 1, 0}); ok {
-		t.Error("DecodePuntMAC accepted 3 bytes")
+	if _, _, ok := DecodePunt([]byte{2, 2, 0, 0, 0, 1, 0}); ok {
+		t.Error("DecodePunt accepted 7 bytes")
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -247,6 +248,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			if err := wirer.Sync(rs); err != nil {
 				log.Error("sync pods", "err", err)
 			}
+			ctl.reportUnwired(wirer.Unwired())
 			flows.SetGeneration(kg)
 			kcfg.Generation = kg
 			if err := objs.SetConfig(kcfg); err != nil {
@@ -269,9 +271,27 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				if err := wirer.Sync(cur); err != nil {
 					log.Error("sync pods", "err", err)
 				}
+				ctl.reportUnwired(wirer.Unwired())
 			}
 		}
 	}
+}
+
+// unwiredGrace is how long an isolated pod may stay unwired before /readyz
+// fails: a pod's address can reach the agent a moment before its veth is
+// found.
+const unwiredGrace = 5 * time.Second
+
+// unenforced says which isolated pods have been unwired for longer than
+// unwiredGrace, or "" when none.
+func unenforced(us []podwire.Unwired, now time.Time) string {
+	var b strings.Builder
+	for _, u := range us {
+		if now.Sub(u.Since) >= unwiredGrace {
+			fmt.Fprintf(&b, "pod %s is isolated by a policy but not enforced: %s\n", u.Pod, u.Reason)
+		}
+	}
+	return b.String()
 }
 
 // nodeAddrs lists the addresses of the node's netns.
@@ -309,6 +329,10 @@ func serveOps(cfg Config, log *slog.Logger, ready *atomic.Bool, objs *xdpprog.Ob
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {
 			http.Error(w, "no snapshot enforced yet", http.StatusServiceUnavailable)
+			return
+		}
+		if msg := unenforced(wirer.Unwired(), time.Now()); msg != "" {
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -103,9 +103,22 @@ type env struct {
 	bin      string
 }
 
-// newEnv builds a node with npods pods p1…pN; pod i is labelled
-// app=apps[i-1] when given, app=p<i> otherwise.
+// newEnv builds a node with npods pods p1…pN wired the way routed CNIs
+// (ptp, Calico) wire them: a /32 route per pod out its own veth, proxy ARP.
+// Pod i is labelled app=apps[i-1] when given, app=p<i> otherwise.
 func newEnv(t *testing.T, npods int, apps ...string) *env {
+	return newEnvWired(t, false, npods, apps...)
+}
+
+// newBridgeEnv builds the node the way the reference bridge CNI plugin does:
+// every pod's veth is a port of br0, pods share 10.99.0.0/24 and fd99::/64
+// with the gateway on br0, and the node does not forward, so pods reach
+// each other over L2 only.
+func newBridgeEnv(t *testing.T, npods int, apps ...string) *env {
+	return newEnvWired(t, true, npods, apps...)
+}
+
+func newEnvWired(t *testing.T, bridged bool, npods int, apps ...string) *env {
 	requireRoot(t)
 	// Unique per process and per test: netns, pin directory and nft table
 	// names derive from it.
@@ -118,7 +131,15 @@ func newEnv(t *testing.T, npods int, apps ...string) *env {
 	addNetns(t, e.node)
 	n := e.node
 	run(t, "ip", "-n", n, "link", "set", "lo", "up")
-	run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	if bridged {
+		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
+		run(t, "ip", "-n", n, "link", "add", "br0", "type", "bridge")
+		run(t, "ip", "-n", n, "addr", "add", "10.99.0.254/24", "dev", "br0")
+		run(t, "ip", "-n", n, "-6", "addr", "add", "fd99::fe/64", "dev", "br0", "nodad")
+		run(t, "ip", "-n", n, "link", "set", "br0", "up")
+	} else {
+		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	}
 	run(t, "ip", "-n", n, "link", "add", "nd0", "type", "veth", "peer", "name", "nd1")
 	run(t, "ip", "-n", n, "link", "set", "nd1", "up")
 	run(t, "ip", "-n", n, "addr", "add", "10.98.0.1/32", "dev", "nd0")
@@ -134,18 +155,26 @@ func newEnv(t *testing.T, npods int, apps ...string) *env {
 		run(t, "ip", "-n", n, "link", "set", p.host, "up")
 		run(t, "ip", "-n", p.ns, "link", "set", "lo", "up")
 		run(t, "ip", "-n", p.ns, "link", "set", "eth0", "up")
-		hmac := strings.TrimSpace(run(t, "ip", "netns", "exec", n, "cat", "/sys/class/net/"+p.host+"/address"))
-		run(t, "ip", "-n", p.ns, "addr", "add", p.v4+"/32", "dev", "eth0")
-		run(t, "ip", "-n", p.ns, "-6", "addr", "add", p.v6+"/128", "dev", "eth0", "nodad")
-		run(t, "ip", "-n", p.ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-		run(t, "ip", "-n", p.ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-		run(t, "ip", "-n", p.ns, "neigh", "add", "169.254.1.1", "lladdr", hmac, "dev", "eth0", "nud", "permanent")
-		run(t, "ip", "-n", n, "-6", "addr", "add", "fe80::1/64", "dev", p.host, "nodad")
-		run(t, "ip", "-n", p.ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
-		run(t, "ip", "-n", p.ns, "-6", "neigh", "add", "fe80::1", "lladdr", hmac, "dev", "eth0", "nud", "permanent")
-		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.conf."+p.host+".proxy_arp=1")
-		run(t, "ip", "-n", n, "route", "add", p.v4+"/32", "dev", p.host)
-		run(t, "ip", "-n", n, "-6", "route", "add", p.v6+"/128", "dev", p.host)
+		if bridged {
+			run(t, "ip", "-n", n, "link", "set", p.host, "master", "br0")
+			run(t, "ip", "-n", p.ns, "addr", "add", p.v4+"/24", "dev", "eth0")
+			run(t, "ip", "-n", p.ns, "-6", "addr", "add", p.v6+"/64", "dev", "eth0", "nodad")
+			run(t, "ip", "-n", p.ns, "route", "add", "default", "via", "10.99.0.254")
+			run(t, "ip", "-n", p.ns, "-6", "route", "add", "default", "via", "fd99::fe")
+		} else {
+			hmac := strings.TrimSpace(run(t, "ip", "netns", "exec", n, "cat", "/sys/class/net/"+p.host+"/address"))
+			run(t, "ip", "-n", p.ns, "addr", "add", p.v4+"/32", "dev", "eth0")
+			run(t, "ip", "-n", p.ns, "-6", "addr", "add", p.v6+"/128", "dev", "eth0", "nodad")
+			run(t, "ip", "-n", p.ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+			run(t, "ip", "-n", p.ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+			run(t, "ip", "-n", p.ns, "neigh", "add", "169.254.1.1", "lladdr", hmac, "dev", "eth0", "nud", "permanent")
+			run(t, "ip", "-n", n, "-6", "addr", "add", "fe80::1/64", "dev", p.host, "nodad")
+			run(t, "ip", "-n", p.ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+			run(t, "ip", "-n", p.ns, "-6", "neigh", "add", "fe80::1", "lladdr", hmac, "dev", "eth0", "nud", "permanent")
+			run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.conf."+p.host+".proxy_arp=1")
+			run(t, "ip", "-n", n, "route", "add", p.v4+"/32", "dev", p.host)
+			run(t, "ip", "-n", n, "-6", "route", "add", p.v6+"/128", "dev", p.host)
+		}
 		app := p.name
 		if i <= len(apps) {
 			app = apps[i-1]

@@ -13,6 +13,7 @@ import (
 	"github.com/xdpolicy/xdpolicy/control/compile"
 	"github.com/xdpolicy/xdpolicy/control/model"
 	"github.com/xdpolicy/xdpolicy/control/source"
+	"github.com/xdpolicy/xdpolicy/dataplane/podwire"
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
 )
 
@@ -106,6 +107,20 @@ func (k *control) enforced(c *model.Cluster, problems []compile.Problem) {
 	if r, ok := k.src.(source.ProblemReporter); ok {
 		r.ReportProblems(problems)
 	}
+}
+
+// reportUnwired tells the source's users (Events) about the local pods a
+// policy isolates that the wirer could not wire.
+func (k *control) reportUnwired(us []podwire.Unwired) {
+	r, ok := k.src.(source.PodReporter)
+	if !ok {
+		return
+	}
+	m := make(map[string]string, len(us))
+	for _, u := range us {
+		m[u.Pod] = u.Reason
+	}
+	r.ReportUnenforced(m)
 }
 
 // compile compiles a snapshot: incrementally when, compared with the last

@@ -21,6 +21,7 @@ var (
 	descRing     = prometheus.NewDesc("xdpolicy_afxdp_ring_events_total", "AF_XDP RX socket statistics of the punt port.", []string{"queue", "stat"}, nil)
 	descGen      = prometheus.NewDesc("xdpolicy_generation", "Ruleset generation the kernel enforces.", nil, nil)
 	descPods     = prometheus.NewDesc("xdpolicy_wired_pods", "Local pods whose veths carry the programs.", nil, nil)
+	descUnwired  = prometheus.NewDesc("xdpolicy_unenforced_pods", "1 for each local pod a policy isolates whose veth could not be wired: its traffic is not enforced (sum for the count).", []string{"pod", "reason"}, nil)
 	descPodDrops = prometheus.NewDesc("xdpolicy_fastpath_drops_total", "Packets the tcx programs dropped on a cached deny, per local pod.", []string{"pod"}, nil)
 )
 
@@ -33,7 +34,7 @@ type collector struct {
 }
 
 func (k *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVerdicts, descPunted, descDrops, descKernel, descPuntXDP, descRing, descGen, descPods, descPodDrops} {
+	for _, d := range []*prometheus.Desc{descVerdicts, descPunted, descDrops, descKernel, descPuntXDP, descRing, descGen, descPods, descUnwired, descPodDrops} {
 		ch <- d
 	}
 }
@@ -80,6 +81,9 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descGen, prometheus.GaugeValue, float64(k.gen.Load()))
 	ch <- prometheus.MustNewConstMetric(descPods, prometheus.GaugeValue, float64(k.wirer.Count()))
+	for _, u := range k.wirer.Unwired() {
+		ch <- prometheus.MustNewConstMetric(descUnwired, prometheus.GaugeValue, 1, u.Pod, u.Reason)
+	}
 	k.wirer.Registry().Targets(func(t *podwire.Target) {
 		if n, err := k.objs.PodDropCount(t.HostIndex); err == nil {
 			ch <- prometheus.MustNewConstMetric(descPodDrops, prometheus.CounterValue, float64(n), t.Pod)

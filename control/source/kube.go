@@ -34,6 +34,18 @@ import (
 // fail closed.
 const InvalidPolicyReason = "InvalidNetworkPolicy"
 
+// UnenforcedPodReason is the reason of the Events on pods that a policy
+// isolates but whose veth the agent could not wire.
+const UnenforcedPodReason = "NetworkPolicyNotEnforced"
+
+// PodReporter is implemented by sources that can tell the cluster's users
+// about local pods a policy isolates whose traffic the agent cannot enforce
+// (the agent calls it after every wiring pass with the complete map of
+// ns/name → reason).
+type PodReporter interface {
+	ReportUnenforced(pods map[string]string)
+}
+
 // ProblemReporter is implemented by sources that can tell the cluster's
 // users about policies that fail closed (the agent calls it after every
 // compile with the complete list).
@@ -62,7 +74,9 @@ type Kube struct {
 	client   kubernetes.Interface
 	recorder record.EventRecorder
 	policies cacheLister
+	pods     cacheLister
 	reported map[string]string // ns/name → message of the Event sent
+	podsSaid map[string]string // ns/name → reason of the pod Event sent
 }
 
 type cacheLister interface {
@@ -170,6 +184,7 @@ func (k *Kube) Run(ctx context.Context, deliver func(*model.Cluster)) error {
 	k.client = cs
 	k.recorder = bc.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "xdpolicy", Host: k.Node})
 	k.policies = pols.Informer().GetStore()
+	k.pods = pods.Informer().GetStore()
 	k.mu.Unlock()
 
 	f.Start(ctx.Done())
@@ -383,6 +398,29 @@ func (k *Kube) ReportProblems(ps []compile.Problem) {
 		k.recorder.Event(obj.(*networkingv1.NetworkPolicy), corev1.EventTypeWarning, InvalidPolicyReason, msg)
 	}
 	k.reported = now
+}
+
+// ReportUnenforced implements PodReporter: a Warning Event with reason
+// NetworkPolicyNotEnforced on each pod that newly cannot be enforced (or
+// whose reason changed).
+func (k *Kube) ReportUnenforced(pods map[string]string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.recorder == nil {
+		return
+	}
+	for key, reason := range pods {
+		if k.podsSaid[key] == reason {
+			continue
+		}
+		obj, ok, err := k.pods.GetByKey(key)
+		if err != nil || !ok {
+			continue
+		}
+		k.recorder.Eventf(obj.(*corev1.Pod), corev1.EventTypeWarning, UnenforcedPodReason,
+			"xdpolicy on node %s cannot attach to this pod's veth, so the NetworkPolicies that isolate it are NOT enforced: %s", k.Node, reason)
+	}
+	k.podsSaid = pods
 }
 
 // Strip is the informers' transform: it keeps only the fields the compiler

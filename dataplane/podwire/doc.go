@@ -6,9 +6,15 @@
 // made inside the pod's netns, for traffic leaving the pod; one on H for
 // traffic entering it). Sockets are opened only for hooks that are isolated.
 //
-// A pod's H is the interface of the node's route to the pod's address; its
-// peer P and the pod's netns come from the veth's IFLA_LINK and link-netnsid,
-// matched against /var/run/netns/* and /proc/*/ns/net.
+// A pod's H is the interface of the node's route to the pod's address when
+// that is a veth (routed CNIs: ptp, Calico), or, when the route goes out a
+// bridge (the bridge plugin, flannel), the bridge port whose peer carries
+// the address. P and the pod's netns come from the veth's IFLA_LINK and
+// link-netnsid, matched against /var/run/netns/* and /proc/*/ns/net.
+//
+// A local pod that a policy isolates and that cannot be wired is never
+// silently unenforced: Unwired lists it (with why) for the agent's log,
+// metric, Event and /readyz.
 //
 // What it must never do: touch an interface it did not find through a local
 // pod's route, detach anything but its own pinned attachments, or block the

@@ -4,14 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -106,15 +105,6 @@ func (t *Target) Port(h xdpprog.Hook) *Port {
 	return t.ToPod
 }
 
-// DestMAC is the frame's real destination at hook: H's MAC for frames
-// leaving the pod, P's MAC for frames entering it.
-func (t *Target) DestMAC(h xdpprog.Hook) *[6]byte {
-	if h == xdpprog.HookEgress {
-		return &t.HostMAC
-	}
-	return &t.PodMAC
-}
-
 // Registry is the worker-facing, lock-free view of the wired pods.
 type Registry struct {
 	m atomic.Pointer[map[uint32]*Target]
@@ -170,6 +160,19 @@ type Wirer struct {
 	opts Options
 	reg  Registry
 	pods map[uint32]*wired
+	find finder
+
+	mu      sync.Mutex
+	unwired map[string]Unwired // ns/name → why a pod policy isolates has no programs
+}
+
+// Unwired is a local pod that a policy isolates but that has no programs on
+// its veth: its traffic is not enforced. The agent reports it loudly (log,
+// metric, Event, /readyz), never silently.
+type Unwired struct {
+	Pod    string // ns/name
+	Reason string
+	Since  time.Time
 }
 
 type wired struct {
@@ -187,7 +190,7 @@ type wired struct {
 
 // New returns a Wirer; nothing is touched until Sync.
 func New(opts Options) *Wirer {
-	w := &Wirer{opts: opts, pods: map[uint32]*wired{}}
+	w := &Wirer{opts: opts, pods: map[uint32]*wired{}, unwired: map[string]Unwired{}}
 	empty := map[uint32]*Target{}
 	w.reg.m.Store(&empty)
 	return w
@@ -205,6 +208,8 @@ func (w *Wirer) Count() int { return len(w.pods) }
 func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 	want := map[uint32]uint32{} // H ifindex -> flags
 	names := map[uint32]string{}
+	isolated := map[uint32]bool{}
+	failed := map[string]string{} // isolated pods that cannot be wired → why
 	// Egress to a Service is decided at the backend's entering hook, so
 	// that hook must punt even for backends no policy isolates.
 	deferred := rs.DefersEgress()
@@ -220,14 +225,20 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 		if p.Tables[ruleset.Ingress] != nil || deferred {
 			flags |= xdpprog.PodIsolatedIngress
 		}
+		name := p.Namespace + "/" + p.Name
 		for _, ip := range p.IPs {
-			idx, err := hostIndex(ip)
+			idx, err := w.find.hostIndex(ip)
 			if err != nil {
-				w.opts.Log.Debug("pod not wired yet", "pod", p.Namespace+"/"+p.Name, "ip", ip, "err", err)
+				if flags != 0 {
+					failed[name] = err.Error()
+				} else {
+					w.opts.Log.Debug("pod not wired yet", "pod", name, "ip", ip, "err", err)
+				}
 				continue
 			}
 			want[idx] |= flags
-			names[idx] = p.Namespace + "/" + p.Name
+			names[idx] = name
+			isolated[idx] = flags != 0
 		}
 	}
 
@@ -238,7 +249,11 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 			var err error
 			wp, err = w.wire(idx, names[idx])
 			if err != nil {
-				w.opts.Log.Warn("cannot wire pod", "pod", names[idx], "ifindex", idx, "err", err)
+				if isolated[idx] {
+					failed[names[idx]] = err.Error()
+				} else {
+					w.opts.Log.Warn("cannot wire pod", "pod", names[idx], "ifindex", idx, "err", err)
+				}
 				continue
 			}
 			w.pods[idx] = wp
@@ -255,6 +270,7 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 	if changed || len(want) != len(w.pods) {
 		w.publish()
 	}
+	w.setUnwired(failed)
 	var errs []error
 	for idx, wp := range w.pods {
 		if _, ok := want[idx]; ok {
@@ -286,32 +302,51 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 	return errors.Join(errs...)
 }
 
+// setUnwired records the isolated pods this Sync could not wire, logging
+// each once when it starts failing (or fails differently) and when it is
+// wired at last.
+func (w *Wirer) setUnwired(failed map[string]string) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for pod, reason := range failed {
+		old, ok := w.unwired[pod]
+		if ok && old.Reason == reason {
+			continue
+		}
+		if !ok {
+			old.Since = now
+		}
+		w.unwired[pod] = Unwired{Pod: pod, Reason: reason, Since: old.Since}
+		w.opts.Log.Error("pod isolated by a policy cannot be wired: its traffic is NOT enforced", "pod", pod, "reason", reason)
+	}
+	for pod := range w.unwired {
+		if _, ok := failed[pod]; !ok {
+			delete(w.unwired, pod)
+			w.opts.Log.Info("pod no longer unwired", "pod", pod)
+		}
+	}
+}
+
+// Unwired lists the local pods a policy isolates that have no programs on
+// their veth, sorted by name. Safe to call from any goroutine.
+func (w *Wirer) Unwired() []Unwired {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]Unwired, 0, len(w.unwired))
+	for _, u := range w.unwired {
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Pod < out[j].Pod })
+	return out
+}
+
 func (w *Wirer) publish() {
 	m := make(map[uint32]*Target, len(w.pods))
 	for idx, wp := range w.pods {
 		m[idx] = wp.t
 	}
 	w.reg.m.Store(&m)
-}
-
-// hostIndex returns the ifindex of the node's route to ip when it is a
-// veth whose peer lives in another netns.
-func hostIndex(ip netip.Addr) (uint32, error) {
-	routes, err := netlink.RouteGet(net.IP(ip.AsSlice()))
-	if err != nil {
-		return 0, fmt.Errorf("route to %s: %w", ip, err)
-	}
-	if len(routes) == 0 || routes[0].LinkIndex == 0 {
-		return 0, fmt.Errorf("no route to %s", ip)
-	}
-	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
-	if err != nil {
-		return 0, err
-	}
-	if _, ok := l.(*netlink.Veth); !ok {
-		return 0, fmt.Errorf("route to %s goes out %s, not a veth", ip, l.Attrs().Name)
-	}
-	return uint32(routes[0].LinkIndex), nil
 }
 
 func (w *Wirer) wire(idx uint32, name string) (*wired, error) {
@@ -468,40 +503,4 @@ func (w *Wirer) Wired() []uint32 {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
-}
-
-// findNetns opens the network namespace that has id nsid in the current
-// netns, looking at named namespaces first, then at every process's.
-func findNetns(nsid int) (netns.NsHandle, error) {
-	var cands []string
-	for _, dir := range []string{"/var/run/netns", "/run/netns"} {
-		m, _ := filepath.Glob(filepath.Join(dir, "*"))
-		cands = append(cands, m...)
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	cands = append(cands, procs...)
-	seen := map[[2]uint64]bool{}
-	for _, p := range cands {
-		h, err := netns.GetFromPath(p)
-		if err != nil {
-			continue
-		}
-		var st [2]uint64
-		if fi, err := os.Stat(p); err == nil {
-			if s, ok := statIno(fi); ok {
-				st = s
-				if seen[st] {
-					h.Close()
-					continue
-				}
-				seen[st] = true
-			}
-		}
-		id, err := netlink.GetNetNsIdByFd(int(h))
-		if err == nil && id == nsid {
-			return h, nil
-		}
-		h.Close()
-	}
-	return netns.None(), fmt.Errorf("no netns with id %d found in /run/netns or /proc/*/ns/net", nsid)
 }

@@ -38,7 +38,7 @@ func testRuleset() *ruleset.Ruleset {
 // H ifindex 7.
 func puntedSYN(dport uint16) []byte {
 	f := make([]byte, 14+20+20)
-	xdpprog.PutPuntMAC(f, xdpprog.HookIngress, 7)
+	xdpprog.PutPunt(f, xdpprog.HookIngress, 7)
 	binary.BigEndian.PutUint16(f[12:], 0x0800)
 	ip := f[14:]
 	ip[0], ip[8], ip[9] = 0x45, 64, 6
@@ -55,7 +55,7 @@ func puntedSYN(dport uint16) []byte {
 // decide is handle's CPU work on one frame without the sockets and the
 // kernel map: punt MAC, decode, flow key, Decide, observe.
 func (w *Worker) decide(rs *ruleset.Ruleset, frame []byte) bool {
-	hook, ifindex, ok := xdpprog.DecodePuntMAC(frame)
+	hook, ifindex, ok := xdpprog.DecodePunt(frame)
 	if !ok || !w.parsed.Decode(frame) {
 		return false
 	}

@@ -186,7 +186,7 @@ func (w *Worker) drop(d afxdp.Desc) { w.c.Free.Put(d.Addr) }
 // handle decides one punted frame and re-injects or drops it.
 func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 	frame := w.c.UMEM.Frame(d.Addr, int(d.Len))
-	hook, ifindex, ok := xdpprog.DecodePuntMAC(frame)
+	hook, ifindex, ok := xdpprog.DecodePunt(frame)
 	if !ok || !w.parsed.Decode(frame) {
 		w.c.Counters.Malformed.Add(1)
 		w.drop(d)
@@ -230,7 +230,7 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 		w.drop(d)
 		return
 	}
-	copy(frame[0:6], t.DestMAC(hook)[:])
+	xdpprog.RestorePodMAC(frame, hook, &t.PodMAC)
 	packet.CompleteChecksum(frame, p)
 	w.pending = append(w.pending, pendingTx{d, port})
 }
