@@ -15,7 +15,7 @@ func explainCmd() *cobra.Command {
 	var live bool
 	var af agentFlags
 	c := &cobra.Command{
-		Use:   "explain (--cluster PATH [--policies PATH] | --live [--agent ADDR|--socket PATH|--node NODE]) --from X --to Y --port N/PROTO",
+		Use:   "explain (--cluster PATH [--policies PATH] | --live [--agent ADDR|--socket PATH|--node NODE|--kubeconfig FILE]) --from X --to Y --port N/PROTO",
 		Short: "Explain one flow: which policies select each side and which rule decided",
 		Long: `explain decides one flow like probe and says why: for the source pod's
 egress and the destination pod's ingress, which policies select the pod,

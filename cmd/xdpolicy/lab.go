@@ -64,7 +64,7 @@ exists, and removes what it made when it fails half-way.`,
 	c.Flags().IntVar(&o.Nodes, "nodes", 2, "number of nodes")
 	c.Flags().BoolVar(&o.Agent, "agent", true, "run the agent in every node namespace")
 	c.Flags().StringVar(&agentArgs, "agent-args", "", "extra arguments for every agent, split at spaces")
-	c.Flags().BoolVar(&o.APIServer, "apiserver", false, "start a kube-apiserver + etcd for the lab (built by scripts/apiserver/build.sh), create the lab's Nodes, Namespaces and Pods there and run the agents on it; 'lab down' stops it")
+	c.Flags().BoolVar(&o.APIServer, "apiserver", false, "start a kube-apiserver + etcd for the lab (built by scripts/k8s/build.sh), create the lab's Nodes, Namespaces and Pods there and run the agents on it; 'lab down' stops it")
 	c.Flags().StringVar(&o.Kubeconfig, "kubeconfig", "", "like --apiserver, but on the existing API server of this kubeconfig")
 	return c
 }

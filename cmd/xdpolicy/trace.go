@@ -12,16 +12,18 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 
+	"github.com/xdpolicy/xdpolicy/control/kubeops"
 	"github.com/xdpolicy/xdpolicy/control/lab"
 	"github.com/xdpolicy/xdpolicy/dataplane/trace"
 )
 
 // agentFlags says how to reach a running agent's API.
 type agentFlags struct {
-	addr, socket, lab, node string
+	addr, socket, lab, node, kubeconfig string
 }
 
 func (a *agentFlags) register(c *cobra.Command) {
@@ -29,7 +31,41 @@ func (a *agentFlags) register(c *cobra.Command) {
 	f.StringVar(&a.addr, "agent", "127.0.0.1:9090", "the agent's --metrics-addr (host:port or http://host:port)")
 	f.StringVar(&a.socket, "socket", "", "the agent's unix socket (--api-socket, or agent.sock in its --state-dir) instead of --agent")
 	f.StringVar(&a.lab, "lab", "", "reach the agent of a lab node through its socket (with --node; default lab name "+lab.DefaultName+")")
-	f.StringVar(&a.node, "node", "", "the lab node whose agent to ask (e.g. node-1); implies --lab "+lab.DefaultName+" when --lab is not given")
+	f.StringVar(&a.node, "node", "", "the lab node whose agent to ask (e.g. node-1; implies --lab "+lab.DefaultName+" when --lab is not given), or with --kubeconfig the only cluster node to ask")
+	f.StringVar(&a.kubeconfig, "kubeconfig", "", "reach every node's agent of a cluster through its API server (port-forward to the DaemonSet's pods, with this kubeconfig's RBAC)")
+}
+
+// target is one agent to ask.
+type target struct {
+	node string // set when asking a cluster's agents
+	cl   *http.Client
+	base string
+	name string // for errors
+}
+
+// targets returns the agents to ask and a function that releases them: one
+// agent (--agent, --socket, --lab/--node), or every node's through the API
+// server (--kubeconfig).
+func (a *agentFlags) targets(ctx context.Context) ([]target, func(), error) {
+	if a.kubeconfig == "" {
+		cl, base, name, err := a.client()
+		if err != nil {
+			return nil, nil, err
+		}
+		return []target{{cl: cl, base: base, name: name}}, func() {}, nil
+	}
+	if a.socket != "" || a.lab != "" {
+		return nil, nil, usageError{errors.New("--kubeconfig reaches the cluster's agents: drop --socket and --lab")}
+	}
+	c, err := kubeops.Connect(ctx, kubeops.Options{Kubeconfig: a.kubeconfig, Node: a.node})
+	if err != nil {
+		return nil, nil, err
+	}
+	var ts []target
+	for _, ag := range c.Agents {
+		ts = append(ts, target{node: ag.Node, cl: http.DefaultClient, base: ag.Base, name: "pod " + ag.Pod + " on node " + ag.Node})
+	}
+	return ts, c.Close, nil
 }
 
 // client returns an HTTP client for the agent, the base URL, and how to
@@ -77,25 +113,17 @@ func (a *agentFlags) client() (*http.Client, string, string, error) {
 
 // get fetches path from the agent and fails with a clear message when no
 // agent answers or it refuses the request.
-func (a *agentFlags) get(ctx context.Context, path string) (*http.Response, error) {
-	cl, base, name, err := a.client()
+func (t target) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.base+path, nil)
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := cl.Do(req)
+	resp, err := t.cl.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		hint := "use --agent or --socket"
-		if a.socket != "" || a.node != "" {
-			hint = "check the path"
-		}
-		return nil, fmt.Errorf("no agent at %s: is `xdpolicy agent` running? %s (%v)", name, hint, err)
+		return nil, fmt.Errorf("no agent at %s: is `xdpolicy agent` running? use --agent, --socket, --node or --kubeconfig (%v)", t.name, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -104,7 +132,7 @@ func (a *agentFlags) get(ctx context.Context, path string) (*http.Response, erro
 		if resp.StatusCode == http.StatusNotFound {
 			msg = "this agent has no " + strings.SplitN(path, "?", 2)[0] + " endpoint (an older version?)"
 		}
-		return nil, fmt.Errorf("agent at %s: %s: %s", name, resp.Status, msg)
+		return nil, fmt.Errorf("agent at %s: %s: %s", t.name, resp.Status, msg)
 	}
 	return resp, nil
 }
@@ -117,7 +145,7 @@ func traceCmd() *cobra.Command {
 		output string
 	)
 	c := &cobra.Command{
-		Use:   "trace [--agent ADDR|--socket PATH|--node NODE] [--pod ns/name] [--namespace ns] [--verdict allow|deny] [--follow] [-o text|json]",
+		Use:   "trace [--agent ADDR|--socket PATH|--node NODE|--kubeconfig FILE [--node NODE]] [--pod ns/name] [--namespace ns] [--verdict allow|deny] [--follow] [-o text|json]",
 		Short: "Stream the slow path's per-flow verdicts from a running agent, with the deciding rule",
 		Long: `trace prints the verdicts the agent's workers take (every new flow, and
 flows whose cached verdict expired or went stale), one per line: time, node,
@@ -129,7 +157,12 @@ The agent records only while someone follows (unless it runs with
 see. Verdicts the kernel applies from its cache (established flows, and
 repeated denies within 2 s) are not traced one by one: drops are counted
 per pod in /metrics (xdpolicy_fastpath_drops_total) and 1 in the agent's
---sample-drops is traced with source fastpath-sample.`,
+--sample-drops is traced with source fastpath-sample.
+
+With --kubeconfig FILE it reaches every node's agent of a cluster through
+the API server, as kubectl port-forward does (your RBAC needs list on pods
+and create on pods/portforward in xdpolicy-system), and merges their
+streams; each line names its node. --node NODE keeps one node.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {
@@ -142,42 +175,12 @@ per pod in /metrics (xdpolicy_fastpath_drops_total) and 1 in the agent's
 			if follow {
 				q.Set("follow", "1")
 			}
-			resp, err := af.get(c.Context(), "/trace?"+q.Encode())
+			ts, release, err := af.targets(c.Context())
 			if err != nil {
 				return err
 			}
-			defer resp.Body.Close()
-			if follow {
-				fmt.Fprintln(os.Stderr, "following verdicts; interrupt to stop")
-			}
-			out := bufio.NewWriter(os.Stdout)
-			defer out.Flush()
-			sc := bufio.NewScanner(resp.Body)
-			sc.Buffer(make([]byte, 64<<10), 1<<20)
-			lines := 0
-			for sc.Scan() {
-				lines++
-				if output == "json" {
-					out.Write(sc.Bytes())
-					out.WriteByte('\n')
-				} else {
-					var en trace.Entry
-					if err := json.Unmarshal(sc.Bytes(), &en); err != nil {
-						return fmt.Errorf("agent sent a bad line: %w", err)
-					}
-					fmt.Fprintln(out, en.Text())
-				}
-				if follow {
-					out.Flush()
-				}
-			}
-			if err := sc.Err(); err != nil && c.Context().Err() == nil {
-				return fmt.Errorf("reading the trace: %w", err)
-			}
-			if !follow && lines == 0 && resp.Header.Get("X-Xdpolicy-Trace-Recording") != "always" {
-				fmt.Fprintln(os.Stderr, "no verdicts recorded: the agent records only while someone follows; use --follow (or run the agent with --trace-always)")
-			}
-			return nil
+			defer release()
+			return streamTrace(c.Context(), ts, "/trace?"+q.Encode(), output == "json", follow)
 		},
 	}
 	af.register(c)
@@ -190,15 +193,91 @@ per pod in /metrics (xdpolicy_fastpath_drops_total) and 1 in the agent's
 	return c
 }
 
-// explainLive asks the agent to explain a flow against its current
-// snapshot and copies its answer to w.
+// streamTrace prints the verdicts of every target, merged as they arrive
+// (each line names its node), until all streams end.
+func streamTrace(ctx context.Context, ts []target, path string, raw, follow bool) error {
+	var resps []*http.Response
+	defer func() {
+		for _, r := range resps {
+			r.Body.Close()
+		}
+	}()
+	for _, t := range ts {
+		resp, err := t.get(ctx, path)
+		if err != nil {
+			return err
+		}
+		resps = append(resps, resp)
+	}
+	if follow {
+		fmt.Fprintf(os.Stderr, "following verdicts of %d agent(s); interrupt to stop\n", len(ts))
+	}
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	var mu sync.Mutex
+	lines := 0
+	errs := make([]error, len(ts))
+	var wg sync.WaitGroup
+	for i, resp := range resps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 64<<10), 1<<20)
+			for sc.Scan() {
+				line := sc.Bytes()
+				if !raw {
+					var en trace.Entry
+					if err := json.Unmarshal(line, &en); err != nil {
+						errs[i] = fmt.Errorf("agent at %s sent a bad line: %w", ts[i].name, err)
+						return
+					}
+					line = []byte(en.Text())
+				}
+				mu.Lock()
+				lines++
+				out.Write(line)
+				out.WriteByte('\n')
+				if follow {
+					out.Flush()
+				}
+				mu.Unlock()
+			}
+			if err := sc.Err(); err != nil && ctx.Err() == nil {
+				errs[i] = fmt.Errorf("reading the trace of %s: %w", ts[i].name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if !follow && lines == 0 && resps[0].Header.Get("X-Xdpolicy-Trace-Recording") != "always" {
+		fmt.Fprintln(os.Stderr, "no verdicts recorded: the agent records only while someone follows; use --follow (or run the agent with --trace-always)")
+	}
+	return errors.Join(errs...)
+}
+
+// explainLive asks the agents to explain a flow against their current
+// snapshots and copies the answers to w, each headed by its node when
+// several agents answer.
 func explainLive(ctx context.Context, af *agentFlags, w io.Writer, from, to, port string) error {
-	q := url.Values{"from": {from}, "to": {to}, "port": {port}}
-	resp, err := af.get(ctx, "/explain?"+q.Encode())
+	ts, release, err := af.targets(ctx)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	_, err = io.Copy(w, resp.Body)
-	return err
+	defer release()
+	q := url.Values{"from": {from}, "to": {to}, "port": {port}}
+	for _, t := range ts {
+		resp, err := t.get(ctx, "/explain?"+q.Encode())
+		if err != nil {
+			return err
+		}
+		if t.node != "" {
+			fmt.Fprintf(w, "node %s:\n", t.node)
+		}
+		_, err = io.Copy(w, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -135,14 +135,14 @@ func TestDeploy(t *testing.T) {
 		}
 	}
 
-	// kubectl apply -k, when a kubectl with kustomize is installed.
-	if kc, err := exec.LookPath("kubectl"); err == nil {
-		out, err := exec.Command(kc, "--kubeconfig", srv.Kubeconfig, "apply", "-k", deployDir, "--server-side", "--force-conflicts").CombinedOutput()
-		if err != nil {
-			t.Errorf("kubectl apply -k deploy/: %v\n%s", err, out)
-		} else {
-			t.Logf("kubectl apply -k deploy/:\n%s", out)
-		}
+	// kubectl apply -k, with the kubectl of the same version as the API
+	// server (scripts/k8s/build.sh builds both).
+	kc := filepath.Join(kubetest.CacheDir(), "kubectl")
+	out, err := exec.Command(kc, "--kubeconfig", srv.Kubeconfig, "apply", "-k", deployDir, "--server-side", "--force-conflicts").CombinedOutput()
+	if err != nil {
+		t.Errorf("kubectl apply -k deploy/: %v\n%s", err, out)
+	} else {
+		t.Logf("kubectl apply -k deploy/:\n%s", out)
 	}
 
 	sa := "system:serviceaccount:xdpolicy-system:xdpolicy"

@@ -2,7 +2,7 @@
 // tests of the Kubernetes control source, the deploy manifests and the lab
 // on the API server (`xdpolicy lab up --apiserver`).
 //
-// The binaries come from the cache scripts/apiserver/build.sh fills
+// The binaries come from the cache scripts/k8s/build.sh fills
 // (kube-apiserver built from k8s.io/kubernetes, etcd from Debian or built);
 // Start never builds. Each server gets a temporary directory with its own
 // certificates (Go crypto), a service-account key, a static admin token,

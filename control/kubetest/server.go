@@ -28,13 +28,13 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// Version is the Kubernetes version scripts/apiserver/build.sh builds.
-const Version = "v1.36.3"
+// Version is the Kubernetes version scripts/k8s/build.sh builds.
+const Version = "v1.37.2"
 
-// CacheDir is where scripts/apiserver/build.sh puts the binaries:
-// $XDPOLICY_APISERVER_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/xdpolicy/k8s-<Version>.
+// CacheDir is where scripts/k8s/build.sh puts the binaries:
+// $XDPOLICY_K8S_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/xdpolicy/k8s-<Version>.
 func CacheDir() string {
-	if d := os.Getenv("XDPOLICY_APISERVER_CACHE"); d != "" {
+	if d := os.Getenv("XDPOLICY_K8S_CACHE"); d != "" {
 		return d
 	}
 	base := os.Getenv("XDG_CACHE_HOME")
@@ -46,7 +46,7 @@ func CacheDir() string {
 }
 
 // ErrNoBinaries says the cache has not been built.
-var ErrNoBinaries = errors.New("kube-apiserver/etcd not built: run scripts/apiserver/build.sh")
+var ErrNoBinaries = errors.New("kube-apiserver/etcd not built: run scripts/k8s/build.sh")
 
 // Binaries returns the paths of kube-apiserver and etcd in the cache.
 func Binaries() (apiserver, etcd string, err error) {

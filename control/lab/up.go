@@ -36,7 +36,7 @@ type Options struct {
 	Agent     bool
 	AgentArgs []string
 	// APIServer starts a kube-apiserver for the lab (from the cache of
-	// scripts/apiserver/build.sh); Kubeconfig uses an existing one. Either
+	// scripts/k8s/build.sh); Kubeconfig uses an existing one. Either
 	// puts the lab's objects there and runs the agents on it.
 	APIServer  bool
 	Kubeconfig string
