@@ -96,7 +96,8 @@ func Run(ctx context.Context, o Options) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s = &Server{Dir: o.Dir, detach: o.Detach, apiBin: apiBin}
+	srv := &Server{Dir: o.Dir, detach: o.Detach, apiBin: apiBin}
+	s = srv
 	if s.Dir == "" {
 		if s.Dir, err = os.MkdirTemp("", "xdpolicy-apiserver-"); err != nil {
 			return nil, err
@@ -107,7 +108,7 @@ func Run(ctx context.Context, o Options) (s *Server, err error) {
 	}
 	defer func() {
 		if err != nil {
-			s.Stop()
+			srv.Stop() // s is nil here: every error path returns nil, err
 		}
 	}()
 	if err := writePKI(s.Dir); err != nil {
@@ -163,6 +164,9 @@ func Run(ctx context.Context, o Options) (s *Server, err error) {
 		"--service-cluster-ip-range=10.96.0.0/16",
 		// No controller-manager creates the "default" ServiceAccounts.
 		"--disable-admission-plugins=ServiceAccount",
+		// 1.37 refuses a loopback advertise address for the kubernetes
+		// Service's endpoints; nothing here reaches the API through it.
+		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
