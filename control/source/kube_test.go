@@ -15,6 +15,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/xdpolicy/xdpolicy/control/compile"
 	"github.com/xdpolicy/xdpolicy/control/kubetest"
@@ -239,22 +240,34 @@ func TestKube(t *testing.T) {
 		t.Fatalf("problems = %v, want one for %s/bad", problems, ns)
 	}
 	k.ReportProblems(problems)
+	waitEvent(t, cs, ns, "bad", "NetworkPolicy", source.InvalidPolicyReason)
+
+	// A pod a policy isolates that the agent cannot wire gets an Event too.
+	k.ReportUnenforced(map[string]string{ns + "/p0": "route to 10.1.0.1 goes out nv0 (ifb), neither a pod's veth nor a bridge of pod veths"})
+	waitEvent(t, cs, ns, "p0", "Pod", source.UnenforcedPodReason)
+}
+
+// waitEvent waits for a Warning Event with reason on the object name of kind.
+func waitEvent(t *testing.T, cs kubernetes.Interface, ns, name, kind, reason string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.name", "bad").String()})
+		evs, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.name", name).String()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(evs.Items) > 0 {
-			e := evs.Items[0]
-			if e.Reason != source.InvalidPolicyReason || e.Type != corev1.EventTypeWarning || e.InvolvedObject.Kind != "NetworkPolicy" {
-				t.Errorf("event = %s %s on %s", e.Type, e.Reason, e.InvolvedObject.Kind)
+		for _, e := range evs.Items {
+			if e.Reason != reason {
+				continue
+			}
+			if e.Type != corev1.EventTypeWarning || e.InvolvedObject.Kind != kind {
+				t.Errorf("event = %s %s on %s, want Warning on %s", e.Type, e.Reason, e.InvolvedObject.Kind, kind)
 			}
 			t.Logf("event: %s %s: %s", e.Type, e.Reason, e.Message)
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no Event on the invalid policy within 30s")
+			t.Fatalf("no %s Event on %s %s/%s within 30s", reason, kind, ns, name)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
