@@ -4,15 +4,26 @@ import (
 	"context"
 	"errors"
 	"os"
-	"testing"
 	"time"
 )
+
+// TB is what Start and Require need of a *testing.T: this package ships in
+// the binary (the lab starts API servers with Run), so it does not import
+// testing.
+type TB interface {
+	Helper()
+	Skip(args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+}
 
 // Start runs a server for the test and stops it (removing its directory)
 // when the test ends, also on failure. Without the cached binaries the test
 // skips with one line, except under CI (CI=true), where it fails: CI builds
 // them first (.ci/run).
-func Start(t testing.TB) *Server {
+func Start(t TB) *Server {
 	t.Helper()
 	Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -28,7 +39,7 @@ func Start(t testing.TB) *Server {
 }
 
 // Require skips (or, under CI, fails) the test when the binaries are missing.
-func Require(t testing.TB) {
+func Require(t TB) {
 	t.Helper()
 	if _, _, err := Binaries(); err != nil {
 		if errors.Is(err, ErrNoBinaries) && os.Getenv("CI") != "true" {
