@@ -604,6 +604,10 @@ save_agent_log() {
 	[ -n "${CACHE:-}" ] && [ -x "$CACHE/kubectl" ] && alive kube-apiserver || return 0
 	timeout 20 nsenter --net="/run/netns/$NETNS" -- "$CACHE/kubectl" --kubeconfig="$KUBECONFIG_ADMIN" \
 		-n xdpolicy-system logs ds/xdpolicy --tail=-1 >"$LOGS/xdpolicy-agent.log" 2>&1 || true
+	# The agent's counters at the end of the run (its ops port is on the
+	# node's loopback, inside our netns).
+	timeout 10 nsenter --net="/run/netns/$NETNS" -- curl -sf http://127.0.0.1:9490/metrics \
+		>"$LOGS/xdpolicy-metrics.txt" 2>/dev/null || true
 }
 
 # --- teardown -----------------------------------------------------------------
