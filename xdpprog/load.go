@@ -68,7 +68,7 @@ func Load(opts Options) (*Objects, error) {
 
 	var co ebpf.CollectionOptions
 	if opts.PinDir != "" {
-		if _, err := PreparePinDir(opts.PinDir); err != nil {
+		if err := PreparePinDir(opts.PinDir); err != nil {
 			return nil, err
 		}
 		co.Maps.PinPath = opts.PinDir
@@ -147,9 +147,12 @@ func (o *Objects) Unpin() error {
 			errs = append(errs, m.Unpin())
 		}
 	}
-	if o.pinDir != "" {
-		// Fails harmlessly while someone else's pins are still there.
-		_ = os.Remove(o.pinDir)
+	// The directory and its empty parents up to BPFFSRoot; removing one
+	// fails harmlessly while someone else's pins are still there.
+	for d := o.pinDir; d != "" && strings.HasPrefix(d, BPFFSRoot+"/"); d = filepath.Dir(d) {
+		if os.Remove(d) != nil {
+			break
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -191,44 +194,54 @@ func sumPerCPU(m *ebpf.Map, out []uint64) error {
 	return nil
 }
 
+// mountMarker is the directory PreparePinDir leaves in a bpffs it mounted,
+// so that whoever finishes last (an agent, a lab, a bench, a test binary)
+// can tell the mount is xdpolicy's to undo. (bpffs refuses names with a
+// dot.)
+const mountMarker = "xdpolicy-mounted-this-bpffs"
+
 // PreparePinDir makes dir ready to hold pins, and is the one way every entry
 // point (agent, lab, bench, tests) gets a pin directory: when dir lies under
 // BPFFSRoot and no bpffs is mounted there (a fresh machine without systemd),
-// it mounts one, then creates dir. mounted reports whether this call mounted
-// bpffs, so the caller that made the mount can undo it (ReleaseBPFFS).
-func PreparePinDir(dir string) (mounted bool, err error) {
+// it mounts one, marked as xdpolicy's (see ReleaseBPFFS), then creates dir.
+func PreparePinDir(dir string) error {
 	dir = filepath.Clean(dir)
 	if dir == BPFFSRoot || strings.HasPrefix(dir, BPFFSRoot+"/") {
 		on, err := onBPFFS(BPFFSRoot)
 		if err != nil {
-			return false, err
+			return err
 		}
 		if !on {
 			if err := unix.Mount("bpffs", BPFFSRoot, "bpf", 0, "mode=0700"); err != nil {
 				if errors.Is(err, unix.EPERM) {
-					return false, fmt.Errorf("mount bpffs at %s: %w (run as root, or mount it first: mount -t bpf bpffs %s)", BPFFSRoot, err, BPFFSRoot)
+					return fmt.Errorf("mount bpffs at %s: %w (run as root, or mount it first: mount -t bpf bpffs %s)", BPFFSRoot, err, BPFFSRoot)
 				}
-				return false, fmt.Errorf("mount bpffs at %s: %w", BPFFSRoot, err)
+				return fmt.Errorf("mount bpffs at %s: %w", BPFFSRoot, err)
 			}
-			mounted = true
+			if err := os.Mkdir(filepath.Join(BPFFSRoot, mountMarker), 0o700); err != nil {
+				_ = unix.Unmount(BPFFSRoot, 0)
+				return fmt.Errorf("mark the bpffs mount: %w", err)
+			}
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return mounted, fmt.Errorf("create pin directory: %w", err)
+		return fmt.Errorf("create pin directory: %w", err)
 	}
 	on, err := onBPFFS(dir)
 	if err != nil {
-		return mounted, err
+		return err
 	}
 	if !on {
-		return mounted, fmt.Errorf("pin directory %s is not on bpffs (mount one: mount -t bpf bpffs %s)", dir, dir)
+		return fmt.Errorf("pin directory %s is not on bpffs (mount one: mount -t bpf bpffs %s)", dir, dir)
 	}
-	return mounted, nil
+	return nil
 }
 
-// ReleaseBPFFS unmounts the bpffs at BPFFSRoot that PreparePinDir mounted,
-// once nothing is pinned there any more; pins still present (another agent's,
-// or ours kept on purpose) keep it mounted.
+// ReleaseBPFFS unmounts the bpffs at BPFFSRoot when PreparePinDir mounted it
+// and nothing is pinned there any more. A bpffs somebody else mounted, or
+// pins still present (another agent's, or ours kept on purpose), keep it.
+// Every xdpolicy process that pins calls it when it is done, so the last
+// one undoes the mount.
 func ReleaseBPFFS() error {
 	if on, err := onBPFFS(BPFFSRoot); err != nil || !on {
 		return err
@@ -237,14 +250,25 @@ func ReleaseBPFFS() error {
 	if err != nil {
 		return err
 	}
+	marked := false
 	for _, e := range ents {
-		// Kernels with CONFIG_BPF_PRELOAD put these two iterators into
-		// every new bpffs; they are not anybody's pins.
-		if n := e.Name(); n != "maps.debug" && n != "progs.debug" {
+		switch e.Name() {
+		case mountMarker:
+			marked = true
+		case "maps.debug", "progs.debug":
+			// Kernels with CONFIG_BPF_PRELOAD put these two iterators
+			// into every new bpffs; they are not anybody's pins.
+		default:
 			return nil
 		}
 	}
-	if err := unix.Unmount(BPFFSRoot, 0); err != nil {
+	if !marked {
+		return nil
+	}
+	if err := os.Remove(filepath.Join(BPFFSRoot, mountMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := unix.Unmount(BPFFSRoot, 0); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("unmount %s: %w", BPFFSRoot, err)
 	}
 	return nil

@@ -86,12 +86,10 @@ func vethPair(t *testing.T) (int, int) {
 func testPinDir(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(BPFFSRoot, uniqueName("xdpprog-test"))
-	mounted, err := PreparePinDir(dir)
+	err := PreparePinDir(dir)
 	t.Cleanup(func() {
 		os.RemoveAll(dir)
-		if mounted {
-			ReleaseBPFFS()
-		}
+		ReleaseBPFFS()
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -54,7 +54,6 @@ type Topo struct {
 	nodeH, genH, sinkH netns.NsHandle
 	Dir                string // cluster/, policies/, logs
 	BPFFS              string
-	mountedBPFFS       bool // StartAgent mounted bpffs; Close unmounts it
 	sinkLink           *netlink.Handle
 }
 
@@ -152,9 +151,7 @@ func (t *Topo) Close() {
 		}
 	}
 	_ = os.RemoveAll(t.BPFFS)
-	if t.mountedBPFFS {
-		_ = xdpprog.ReleaseBPFFS()
-	}
+	_ = xdpprog.ReleaseBPFFS()
 	if t.Dir != "" && os.Getenv("XDPBENCH_KEEP") == "" {
 		_ = os.RemoveAll(t.Dir)
 	}
@@ -239,9 +236,7 @@ type Agent struct {
 // StartAgent runs the agent in the node netns and waits until it enforces
 // its first snapshot.
 func (t *Topo) StartAgent(binary string, fastpath bool, workers int) (*Agent, error) {
-	mounted, err := xdpprog.PreparePinDir(t.BPFFS)
-	t.mountedBPFFS = t.mountedBPFFS || mounted
-	if err != nil {
+	if err := xdpprog.PreparePinDir(t.BPFFS); err != nil {
 		return nil, err
 	}
 	log := filepath.Join(t.Dir, "logs", "agent.log")

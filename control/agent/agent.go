@@ -128,6 +128,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			if uerr := objs.Unpin(); uerr != nil {
 				log.Warn("unpin maps", "err", uerr)
 			}
+			if uerr := xdpprog.ReleaseBPFFS(); uerr != nil {
+				log.Warn("unmount the bpffs this agent mounted", "err", uerr)
+			}
 		}
 		objs.Close()
 		log.Info("agent stopped", "kept_attached", keep)

@@ -24,6 +24,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdpolicy/xdpolicy/xdpprog"
 )
 
 // The end-to-end test builds a node netns with pods on ptp veths (pod /32
@@ -187,7 +189,10 @@ func newEnvWired(t *testing.T, bridged bool, npods int, apps ...string) *env {
 	if err := os.WriteFile(filepath.Join(e.cluster, "cluster.yaml"), []byte(yaml.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(e.bpffs) })
+	t.Cleanup(func() {
+		os.RemoveAll(e.bpffs)
+		xdpprog.ReleaseBPFFS() // when an agent mounted it and nothing else is pinned
+	})
 	return e
 }
 

@@ -56,10 +56,9 @@ func down(s *State) error {
 	if err := os.RemoveAll(BPFFSRoot(s.Name)); err != nil {
 		errs = append(errs, err)
 	}
-	if s.MountedBPFFS {
-		if err := xdpprog.ReleaseBPFFS(); err != nil {
-			errs = append(errs, err)
-		}
+	// The bpffs the agents mounted on a machine without one, once empty.
+	if err := xdpprog.ReleaseBPFFS(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(Dir(s.Name)); err != nil {
 		errs = append(errs, err)

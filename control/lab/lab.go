@@ -105,9 +105,6 @@ type State struct {
 	Pods     []Pod     `json:"pods"`
 	Procs    []Process `json:"processes"`
 	BPFFS    string    `json:"bpffs"`
-	// MountedBPFFS: the lab mounted bpffs at /sys/fs/bpf (a machine
-	// without systemd has none) and unmounts it at down once it is empty.
-	MountedBPFFS bool `json:"mountedBPFFS,omitempty"`
 	// SCTP reports whether the kernel had SCTP when the lab came up.
 	SCTP bool `json:"sctp"`
 	// RawSCTP reports that it had not: every pod runs a server that

@@ -570,9 +570,7 @@ func (s *State) startAgents(extra []string) error {
 		s.Nodes[i].API = filepath.Join(s.Dir, n.Name+".sock")
 		extra := append([]string{"--api-socket", s.Nodes[i].API}, extra...)
 		bpffs := filepath.Join(s.BPFFS, n.Name)
-		mounted, err := xdpprog.PreparePinDir(bpffs)
-		s.MountedBPFFS = s.MountedBPFFS || mounted
-		if err != nil {
+		if err := xdpprog.PreparePinDir(bpffs); err != nil {
 			return err
 		}
 		log := filepath.Join(s.Dir, "logs", "agent-"+n.Name+".log")
