@@ -208,7 +208,6 @@ func (w *Wirer) Count() int { return len(w.pods) }
 func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 	want := map[uint32]uint32{} // H ifindex -> flags
 	names := map[uint32]string{}
-	isolated := map[uint32]bool{}
 	failed := map[string]string{} // isolated pods that cannot be wired → why
 	// Egress to a Service is decided at the backend's entering hook, so
 	// that hook must punt even for backends no policy isolates.
@@ -238,7 +237,6 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 			}
 			want[idx] |= flags
 			names[idx] = name
-			isolated[idx] = flags != 0
 		}
 	}
 
@@ -249,7 +247,7 @@ func (w *Wirer) Sync(rs *ruleset.Ruleset) error {
 			var err error
 			wp, err = w.wire(idx, names[idx])
 			if err != nil {
-				if isolated[idx] {
+				if flags != 0 { // a policy isolates the pod
 					failed[names[idx]] = err.Error()
 				} else {
 					w.opts.Log.Warn("cannot wire pod", "pod", names[idx], "ifindex", idx, "err", err)
