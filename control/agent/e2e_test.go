@@ -130,6 +130,15 @@ func newEnvWired(t *testing.T, bridged bool, npods int, apps ...string) *env {
 	e.bin = buildBinary(t)
 	e.cluster, e.policies = t.TempDir(), t.TempDir()
 	e.bpffs = filepath.Join("/sys/fs/bpf", "xdpolicy-test-"+e.tag)
+	// The pin directory exists for the whole test, so no other process
+	// finishing meanwhile unmounts a bpffs xdpolicy mounted.
+	if err := xdpprog.PreparePinDir(e.bpffs); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.RemoveAll(e.bpffs)
+		xdpprog.ReleaseBPFFS() // when xdpolicy mounted it and nothing else is pinned
+	})
 	addNetns(t, e.node)
 	n := e.node
 	run(t, "ip", "-n", n, "link", "set", "lo", "up")
@@ -189,10 +198,6 @@ func newEnvWired(t *testing.T, bridged bool, npods int, apps ...string) *env {
 	if err := os.WriteFile(filepath.Join(e.cluster, "cluster.yaml"), []byte(yaml.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		os.RemoveAll(e.bpffs)
-		xdpprog.ReleaseBPFFS() // when an agent mounted it and nothing else is pinned
-	})
 	return e
 }
 
@@ -247,9 +252,13 @@ type agentProc struct {
 
 func (e *env) startAgent(args ...string) *agentProc {
 	e.t.Helper()
-	all := append([]string{"netns", "exec", e.node, e.bin, "agent", "--cluster", e.cluster, "--policies", e.policies,
+	// nsenter, not `ip netns exec`: the latter remounts /sys in a mount
+	// namespace of its own, so the agent would pin into a private bpffs
+	// that dies with it, and --keep-on-exit would keep nothing (as on a
+	// node, the agent must pin into the host's bpffs).
+	all := append([]string{"--net=/var/run/netns/" + e.node, "--", e.bin, "agent", "--cluster", e.cluster, "--policies", e.policies,
 		"--node", e.nodeName, "--bpffs-dir", e.bpffs, "--metrics-addr", "127.0.0.1:0", "--workers", "2"}, args...)
-	a := &agentProc{cmd: exec.Command("ip", all...), done: make(chan struct{})}
+	a := &agentProc{cmd: exec.Command("nsenter", all...), done: make(chan struct{})}
 	a.cond = sync.NewCond(&a.mu)
 	pr, pw := io.Pipe()
 	a.cmd.Stderr, a.cmd.Stdout = pw, pw
@@ -560,6 +569,9 @@ func TestAgentEndToEnd(t *testing.T) {
 
 	agent2 := e.startAgent("--existing-connections=keep")
 	agent2.waitEnforced(t, 1)
+	if !regexp.MustCompile(`loaded programs.*previous_generation=[1-9]`).MatchString(agent2.logs()) {
+		t.Errorf("the restarted agent did not take over the pinned maps:\n%s", agent2.logs())
+	}
 	if !echo(conn, time.Second) {
 		t.Error("after restart: established connection broke")
 	}
