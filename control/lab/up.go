@@ -479,8 +479,12 @@ func appendYAML(buf *bytes.Buffer, obj any) error {
 
 // execIn is the command running bin inside a named namespace in its own
 // session, detached from this process.
+//
+// nsenter, not `ip netns exec`: the latter remounts /sys in a mount
+// namespace of its own, so an agent would pin into a private bpffs that dies
+// with it and --keep-on-exit would keep nothing.
 func execIn(netns, bin string, args ...string) *exec.Cmd {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", netns, bin}, args...)...)
+	cmd := exec.Command("nsenter", append([]string{"--net=" + filepath.Join("/run/netns", netns), "--", bin}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	return cmd
 }
