@@ -24,7 +24,7 @@ import (
 // ABORT on any other port, as an SCTP stack without a listener would. It
 // writes pidfile once every socket is bound, removes it on return, and runs
 // until ctx is done. Serve runs inside the pod's namespace (`xdpolicy lab
-// serve`, started by Up through `ip netns exec`).
+// serve`, started by Up through nsenter).
 func Serve(ctx context.Context, pod string, ports []string, pidfile string, log io.Writer) error {
 	reply := []byte(pod + "\n")
 	var closers []io.Closer
