@@ -256,8 +256,8 @@ func streamTrace(ctx context.Context, ts []target, path string, raw, follow bool
 }
 
 // explainLive asks the agents to explain a flow against their current
-// snapshots and copies the answers to w, each headed by its node when
-// several agents answer.
+// snapshots and copies the answers to w, each headed by its node when the
+// agents are a cluster's (--kubeconfig).
 func explainLive(ctx context.Context, af *agentFlags, w io.Writer, from, to, port string) error {
 	ts, release, err := af.targets(ctx)
 	if err != nil {
