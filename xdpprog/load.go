@@ -41,6 +41,7 @@ type Objects struct {
 	Counters     *ebpf.Map // Counter -> per-CPU uint64
 	Requests     *ebpf.Map // ring buffer of FlowKey (Pad: RequestVerdict or RequestSample)
 	PodDrops     *ebpf.Map // uint32 H ifindex -> per-CPU uint64 cached-deny drops
+	Frags        *ebpf.Map // FragKey -> FragVal: ports of fragmented datagrams (LRU)
 	XSKs         *ebpf.Map // RX queue index -> AF_XDP socket fd
 	PuntCounters *ebpf.Map // PuntCounter -> per-CPU uint64
 
@@ -72,6 +73,9 @@ func Load(opts Options) (*Objects, error) {
 			return nil, err
 		}
 		co.Maps.PinPath = opts.PinDir
+		if err := replaceStatePins(opts.PinDir, tcxSpec, puntSpec); err != nil {
+			return nil, err
+		}
 	} else {
 		for _, spec := range []*ebpf.CollectionSpec{tcxSpec, puntSpec} {
 			for _, m := range spec.Maps {
@@ -90,9 +94,41 @@ func Load(opts Options) (*Objects, error) {
 	}
 	o.FromPod, o.ToPod, o.Punt = o.tcx.TcxFromPod, o.tcx.TcxToPod, o.punt.XdpPunt
 	o.Flows, o.Pods, o.Config = o.tcx.Flows, o.tcx.Pods, o.tcx.Config
-	o.Counters, o.Requests, o.PodDrops = o.tcx.Counters, o.tcx.Requests, o.tcx.PodDrops
+	o.Counters, o.Requests, o.PodDrops, o.Frags = o.tcx.Counters, o.tcx.Requests, o.tcx.PodDrops, o.tcx.Frags
 	o.XSKs, o.PuntCounters = o.punt.Xsks, o.punt.PuntCounters
 	return o, nil
+}
+
+// transientMaps hold nothing a restarted agent needs: counters, the
+// requests ring and fragment ports. A pin of one that no longer fits this
+// build (a counter added by an upgrade) is replaced instead of failing the
+// load; the flows, pods and config maps must still match.
+var transientMaps = []string{"counters", "requests", "frags", "punt_counters"}
+
+func replaceStatePins(dir string, specs ...*ebpf.CollectionSpec) error {
+	for _, spec := range specs {
+		for _, name := range transientMaps {
+			ms, ok := spec.Maps[name]
+			if !ok {
+				continue
+			}
+			path := filepath.Join(dir, name)
+			m, err := ebpf.LoadPinnedMap(path, nil)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			} else if err != nil {
+				return fmt.Errorf("load pinned map %s: %w", path, err)
+			}
+			if ms.Compatible(m) != nil {
+				err = m.Unpin()
+			}
+			m.Close()
+			if err != nil {
+				return fmt.Errorf("replace pinned map %s: %w", path, err)
+			}
+		}
+	}
+	return nil
 }
 
 func resize(spec *ebpf.CollectionSpec, name string, n uint32) {
@@ -142,7 +178,7 @@ func (o *Objects) Close() error {
 // it empty. Use it for a full teardown, not on an ordinary restart.
 func (o *Objects) Unpin() error {
 	var errs []error
-	for _, m := range []*ebpf.Map{o.Flows, o.Pods, o.Config, o.Counters, o.Requests, o.XSKs, o.PuntCounters} {
+	for _, m := range []*ebpf.Map{o.Flows, o.Pods, o.Config, o.Counters, o.Requests, o.Frags, o.XSKs, o.PuntCounters} {
 		if m != nil && m.IsPinned() {
 			errs = append(errs, m.Unpin())
 		}

@@ -448,9 +448,6 @@ func TestKeys(t *testing.T) {
 			NewFlowKey(in, 58, testIfindex, netip.AddrPortFrom(peerIP6, 0), netip.AddrPortFrom(podIP6, 0))},
 		{"ipv4 options", serialize(t, eth(in, layers.EthernetTypeIPv4), withOptions(ip4(peerIP, podIP, layers.IPProtocolTCP)),
 			&layers.TCP{SrcPort: 5000, DstPort: 6000, SYN: true}), NewFlowKey(in, 6, testIfindex, src4, dst4)},
-		{"ipv4 later fragment has ports 0", serialize(t, eth(in, layers.EthernetTypeIPv4),
-			withFragOffset(ip4(peerIP, podIP, layers.IPProtocolTCP), 185), gopacket.Payload(make([]byte, 40))),
-			NewFlowKey(in, 6, testIfindex, netip.AddrPortFrom(peerIP, 0), netip.AddrPortFrom(podIP, 0))},
 		{"ipv4 first fragment has ports", serialize(t, eth(in, layers.EthernetTypeIPv4),
 			withMoreFragments(ip4(peerIP, podIP, layers.IPProtocolUDP)), &layers.UDP{SrcPort: 5000, DstPort: 6000}, gopacket.Payload(make([]byte, 40))),
 			NewFlowKey(in, 17, testIfindex, src4, dst4)},
@@ -466,9 +463,6 @@ func TestKeys(t *testing.T) {
 		{"ipv6 first fragment has ports", serialize(t, eth(in, layers.EthernetTypeIPv6), ip6(peerIP6, podIP6, layers.IPProtocolIPv6Fragment),
 			gopacket.Payload(ipv6Frag(17, 0, true)), &layers.UDP{SrcPort: 5000, DstPort: 6000}, gopacket.Payload(make([]byte, 16))),
 			NewFlowKey(in, 17, testIfindex, src6, dst6)},
-		{"ipv6 later fragment has ports 0", serialize(t, eth(in, layers.EthernetTypeIPv6), ip6(peerIP6, podIP6, layers.IPProtocolIPv6Fragment),
-			gopacket.Payload(ipv6Frag(17, 1480, false)), gopacket.Payload(make([]byte, 16))),
-			NewFlowKey(in, 17, testIfindex, netip.AddrPortFrom(peerIP6, 0), netip.AddrPortFrom(podIP6, 0))},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -33,6 +33,17 @@
 #define IPPROTO_DSTOPTS 60
 #define IPPROTO_SCTP 132
 
+/* ICMP and ICMPv6 errors: they carry the header of the packet they answer. */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PARAMPROB 4
+
+/* How long a first fragment's ports serve its later fragments: the IPv6
+ * reassembly timeout (IPv4's is 30 s). */
+#define FRAG_TTL_NS (60 * 1000 * 1000 * 1000ULL)
+
 #define MAX_VLAN_TAGS 2
 #define MAX_IPV6_EXT 8
 /* last_seen is read by a userspace expiry with seconds of slack; writing it
@@ -76,6 +87,16 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
+
+/* The ports of fragmented datagrams, written at their first fragment and
+ * read at the later ones (see struct frag_val). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct frag_key);
+	__type(value, struct frag_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} frags SEC(".maps");
 
 /* Fast-path drops per pod (H ifindex), per CPU. */
 struct {
@@ -146,6 +167,22 @@ enum parse_result {
 	PARSE_MALFORMED,
 };
 
+enum {
+	FRAG_NONE,  /* not fragmented (an atomic IPv6 fragment included) */
+	FRAG_FIRST, /* offset 0, more fragments follow: has the L4 header */
+	FRAG_LATER, /* no L4 header: ports come from "frags" */
+};
+
+/* What parse() finds besides the flow key. */
+struct parse_info {
+	__u8 frag;
+	/* An ICMP or ICMPv6 error whose embedded header was read: related is
+	 * the key, at this hook, of the replies of the flow it answers. */
+	__u8 icmp_error;
+	__u32 frag_id;
+	struct flow_key related;
+};
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
@@ -168,8 +205,61 @@ static __always_inline int is_ipv6_ext(__u8 nexthdr)
 	       nexthdr == IPPROTO_FRAGMENT;
 }
 
-/* Fills k->proto, ports and addresses from the frame. */
-static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flow_key *k)
+/* Reads the header embedded in an ICMP error at off (the outer ICMP header)
+ * into pi->related, reversed: the key its flow's replies have at this hook.
+ * Only headers of the outer family whose ports (or ICMP) directly follow the
+ * IP header are read; anything else is no error of a known flow. */
+static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, int v6,
+					     struct parse_info *pi)
+{
+	struct flow_key *r = &pi->related;
+	__u8 proto;
+
+	off += 8;
+	if (v6) {
+		struct ipv6hdr ip6;
+
+		if (load(skb, off, &ip6, sizeof(ip6)) || ip6.ver_tc >> 4 != 6)
+			return;
+		__builtin_memcpy(r->saddr, ip6.daddr, 16);
+		__builtin_memcpy(r->daddr, ip6.saddr, 16);
+		proto = ip6.nexthdr;
+		off += sizeof(ip6);
+	} else {
+		struct ipv4hdr ip;
+		__u32 ihl;
+
+		if (load(skb, off, &ip, sizeof(ip)))
+			return;
+		ihl = (ip.ver_ihl & 0x0f) * 4;
+		if (ip.ver_ihl >> 4 != 4 || ihl < sizeof(ip) || (ip.frag_off & bpf_htons(0x1fff)))
+			return;
+		r->saddr[10] = 0xff;
+		r->saddr[11] = 0xff;
+		__builtin_memcpy(&r->saddr[12], ip.daddr, 4);
+		r->daddr[10] = 0xff;
+		r->daddr[11] = 0xff;
+		__builtin_memcpy(&r->daddr[12], ip.saddr, 4);
+		proto = ip.proto;
+		off += ihl;
+	}
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
+		__be16 ports[2];
+
+		if (load(skb, off, ports, sizeof(ports)))
+			return;
+		r->sport = ports[1];
+		r->dport = ports[0];
+	} else if (proto != (v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP)) {
+		return;
+	}
+	r->proto = proto;
+	pi->icmp_error = 1;
+}
+
+/* Fills k->proto, ports and addresses from the frame, and pi. */
+static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flow_key *k,
+					       struct parse_info *pi)
 {
 	struct ethhdr eth;
 	__u32 off = sizeof(eth);
@@ -214,6 +304,11 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 		__builtin_memcpy(&k->daddr[12], ip.daddr, 4);
 		nexthdr = ip.proto;
 		later_fragment = (ip.frag_off & bpf_htons(0x1fff)) != 0;
+		if (later_fragment)
+			pi->frag = FRAG_LATER;
+		else if (ip.frag_off & bpf_htons(0x2000))
+			pi->frag = FRAG_FIRST;
+		pi->frag_id = bpf_ntohs(ip.id);
 		off += ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
@@ -250,10 +345,14 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 					return PARSE_MALFORMED;
 				nexthdr = frag.nexthdr;
 				off += sizeof(frag);
+				pi->frag_id = bpf_ntohl(frag.id);
 				if (frag.frag_off & bpf_htons(0xfff8)) {
 					later_fragment = 1;
+					pi->frag = FRAG_LATER;
 					break;
 				}
+				if (frag.frag_off & bpf_htons(1))
+					pi->frag = FRAG_FIRST;
 			} else {
 				break;
 			}
@@ -295,6 +394,10 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 		/* Router/neighbour solicitation and advertisement, redirect. */
 		if (nexthdr == IPPROTO_ICMPV6 && type >= 133 && type <= 137)
 			return PARSE_ND;
+		if (nexthdr == IPPROTO_ICMPV6 ? type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB
+					      : type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+						type == ICMP_PARAMETERPROB)
+			parse_icmp_error(skb, off, nexthdr == IPPROTO_ICMPV6, pi);
 		break;
 	}
 	}
@@ -346,10 +449,45 @@ static __always_inline void count_pod_drop(__u32 ifindex)
 		bpf_map_update_elem(&pod_drops, &ifindex, &one, BPF_NOEXIST);
 }
 
+static __always_inline void frag_key_of(struct frag_key *fk, const struct flow_key *k, __u32 id)
+{
+	fk->hook = k->hook;
+	fk->proto = k->proto;
+	fk->ifindex = k->ifindex;
+	fk->id = id;
+	__builtin_memcpy(fk->saddr, k->saddr, 16);
+	__builtin_memcpy(fk->daddr, k->daddr, 16);
+}
+
+static __always_inline void remember_fragment(const struct flow_key *k, __u32 id)
+{
+	struct frag_key fk = {};
+	struct frag_val fv = { .sport = k->sport, .dport = k->dport, .seen_ns = bpf_ktime_get_ns() };
+
+	frag_key_of(&fk, k, id);
+	bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
+}
+
+/* Gives k the ports of its datagram's first fragment, if seen lately. */
+static __always_inline int fragment_ports(struct flow_key *k, __u32 id)
+{
+	struct frag_key fk = {};
+	struct frag_val *fv;
+
+	frag_key_of(&fk, k, id);
+	fv = bpf_map_lookup_elem(&frags, &fk);
+	if (!fv || bpf_ktime_get_ns() - fv->seen_ns > FRAG_TTL_NS)
+		return 0;
+	k->sport = fv->sport;
+	k->dport = fv->dport;
+	return 1;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 {
 	__u32 ifindex = skb->ifindex, zero = 0;
 	struct flow_key k = { .hook = hook, .ifindex = ifindex };
+	struct parse_info pi = {};
 	struct pod_info *pod;
 	struct config_val *cfg;
 	struct flow_val *v;
@@ -366,7 +504,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 		return ACT_PASS;
 	}
 
-	switch (parse(skb, &k)) {
+	switch (parse(skb, &k, &pi)) {
 	case PARSE_NONIP:
 		count(CNT_PASS_NONIP);
 		return ACT_PASS;
@@ -383,6 +521,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return TC_ACT_SHOT;
+
+	/* Every fragment of a datagram is keyed, and so decided, as its
+	 * first: later ones take its ports, and without them they are
+	 * dropped, since nothing says which flow they belong to. */
+	if (pi.frag == FRAG_FIRST) {
+		remember_fragment(&k, pi.frag_id);
+	} else if (pi.frag == FRAG_LATER && !fragment_ports(&k, pi.frag_id)) {
+		count(CNT_DROP_FRAG_ORPHAN);
+		count_pod_drop(ifindex);
+		return TC_ACT_SHOT;
+	}
+
 	if (cfg->flags & CONFIG_FASTPATH_OFF) {
 		if (hook == HOOK_EGRESS) {
 			v = bpf_map_lookup_elem(&flows, &k);
@@ -397,6 +547,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 hook)
 			}
 		}
 		return punt(skb, &k, cfg);
+	}
+
+	/* An ICMP error about a flow allowed here travels as its replies
+	 * do, whatever its outer source (a router, for "fragmentation
+	 * needed"): delivered as related, as conntrack does. Otherwise
+	 * policy decides it as ICMP, below. */
+	if (pi.icmp_error) {
+		pi.related.hook = hook;
+		pi.related.ifindex = ifindex;
+		v = bpf_map_lookup_elem(&flows, &pi.related);
+		if (v && v->verdict == VERDICT_ALLOW && v->generation == cfg->generation) {
+			count(CNT_PASS_RELATED);
+			return ACT_PASS;
+		}
 	}
 
 	v = bpf_map_lookup_elem(&flows, &k);

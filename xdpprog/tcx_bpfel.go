@@ -42,6 +42,25 @@ type tcxFlowVal struct {
 	LastSeenNs uint64
 }
 
+type tcxFragKey struct {
+	_       structs.HostLayout
+	Hook    uint8
+	Proto   uint8
+	Pad     uint16
+	Ifindex uint32
+	Id      uint32
+	Saddr   [16]uint8
+	Daddr   [16]uint8
+}
+
+type tcxFragVal struct {
+	_      structs.HostLayout
+	Sport  uint16
+	Dport  uint16
+	Pad    uint32
+	SeenNs uint64
+}
+
 type tcxPodInfo struct {
 	_       structs.HostLayout
 	Flags   uint32
@@ -57,6 +76,7 @@ const (
 	tcxMapConfig      = "config"
 	tcxMapCounters    = "counters"
 	tcxMapFlows       = "flows"
+	tcxMapFrags       = "frags"
 	tcxMapPodDrops    = "pod_drops"
 	tcxMapPods        = "pods"
 	tcxMapRequests    = "requests"
@@ -117,6 +137,7 @@ type tcxMapSpecs struct {
 	Config   *ebpf.MapSpec `ebpf:"config"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	Flows    *ebpf.MapSpec `ebpf:"flows"`
+	Frags    *ebpf.MapSpec `ebpf:"frags"`
 	PodDrops *ebpf.MapSpec `ebpf:"pod_drops"`
 	Pods     *ebpf.MapSpec `ebpf:"pods"`
 	Requests *ebpf.MapSpec `ebpf:"requests"`
@@ -151,6 +172,7 @@ type tcxMaps struct {
 	Config   *ebpf.Map `ebpf:"config"`
 	Counters *ebpf.Map `ebpf:"counters"`
 	Flows    *ebpf.Map `ebpf:"flows"`
+	Frags    *ebpf.Map `ebpf:"frags"`
 	PodDrops *ebpf.Map `ebpf:"pod_drops"`
 	Pods     *ebpf.Map `ebpf:"pods"`
 	Requests *ebpf.Map `ebpf:"requests"`
@@ -161,6 +183,7 @@ func (m *tcxMaps) Close() error {
 		m.Config,
 		m.Counters,
 		m.Flows,
+		m.Frags,
 		m.PodDrops,
 		m.Pods,
 		m.Requests,

@@ -16,6 +16,11 @@ type (
 	PodInfo = tcxPodInfo
 	// Config is the single entry (key 0) of the config map.
 	Config = tcxConfigVal
+	// FragKey is the key of the frags map: a fragmented datagram at one
+	// hook.
+	FragKey = tcxFragKey
+	// FragVal holds the ports of its first fragment.
+	FragVal = tcxFragVal
 )
 
 // Hook says where a packet was caught, from the pod's point of view.
@@ -81,13 +86,15 @@ const (
 	CounterDropGSOMiss                    // GSO packet missed the cache: dropped, verdict requested
 	CounterRequestLost                    // requests ring buffer full
 	CounterPassReinjected                 // fastpath off: a frame a worker re-injected
+	CounterPassRelated                    // ICMP error of a flow with a cached allow
+	CounterDropFragOrphan                 // later fragment whose first fragment was not seen
 	NumCounters
 )
 
 var counterNames = [NumCounters]string{
 	"pass_nonip", "pass_nd", "pass_not_isolated", "pass_cached", "drop_cached",
 	"punt", "drop_malformed", "drop_no_agent", "drop_gso_miss", "request_lost",
-	"pass_reinjected",
+	"pass_reinjected", "pass_related", "drop_frag_orphan",
 }
 
 func (c Counter) String() string {

@@ -148,7 +148,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	var pub ruleset.Publisher
 	cls := &flowtable.Classifier{}
 	cls.SetNodeAddrs(nodeAddrs())
-	flows := flowtable.NewTable(objs.Flows)
+	flows := flowtable.NewTable(objs.Flows, objs.Frags)
 	flows.SetGeneration(genBase)
 	flows.SetBase(genBase)
 	counters := &worker.Counters{}

@@ -22,6 +22,7 @@ var (
 	descGen      = prometheus.NewDesc("xdpolicy_generation", "Ruleset generation the kernel enforces.", nil, nil)
 	descPods     = prometheus.NewDesc("xdpolicy_wired_pods", "Local pods whose veths carry the programs.", nil, nil)
 	descUnwired  = prometheus.NewDesc("xdpolicy_unenforced_pods", "1 for each local pod a policy isolates whose veth could not be wired: its traffic is not enforced (sum for the count).", []string{"pod", "reason"}, nil)
+	descRelated  = prometheus.NewDesc("xdpolicy_slowpath_related_total", "ICMP errors the workers allowed as related to an allowed flow (also counted as allow verdicts).", nil, nil)
 	descPodDrops = prometheus.NewDesc("xdpolicy_fastpath_drops_total", "Packets the tcx programs dropped on a cached deny, per local pod.", []string{"pod"}, nil)
 )
 
@@ -34,7 +35,7 @@ type collector struct {
 }
 
 func (k *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVerdicts, descPunted, descDrops, descKernel, descPuntXDP, descRing, descGen, descPods, descUnwired, descPodDrops} {
+	for _, d := range []*prometheus.Desc{descVerdicts, descPunted, descDrops, descKernel, descPuntXDP, descRing, descGen, descPods, descUnwired, descPodDrops, descRelated} {
 		ch <- d
 	}
 }
@@ -53,6 +54,8 @@ func (k *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(descDrops, k.c.NoSnapshot.Load(), "no_snapshot")
 	cnt(descDrops, k.c.TxDropped.Load(), "tx")
 	cnt(descDrops, k.c.CacheErrors.Load(), "cache_error")
+	cnt(descDrops, k.c.FragOrphans.Load(), "no_first_fragment")
+	cnt(descRelated, k.c.Related.Load())
 	if kc, err := k.objs.ReadCounters(); err == nil {
 		for i, v := range kc {
 			cnt(descKernel, v, xdpprog.Counter(i).String())

@@ -193,9 +193,11 @@ func NewClock() Clock {
 // Now returns the current CLOCK_MONOTONIC time in nanoseconds.
 func (c Clock) Now() uint64 { return uint64(c.mono0 + int64(time.Since(c.t0))) }
 
-// Table is the flows map plus the generation the kernel currently expects.
+// Table is the flows map plus the generation the kernel currently expects,
+// and the frags map the kernel fills with the ports of first fragments.
 type Table struct {
 	m     *ebpf.Map
+	frags *ebpf.Map
 	gen   atomic.Uint32
 	base  atomic.Uint32 // kernel generation = base + ruleset generation
 	clock Clock
@@ -247,8 +249,11 @@ func (q *denyQueue) expired(cutoff uint64, out []xdpprog.FlowKey) ([]xdpprog.Flo
 	return out, at, overflow
 }
 
-// NewTable wraps the flows map.
-func NewTable(m *ebpf.Map) *Table { return &Table{m: m, clock: NewClock()} }
+// NewTable wraps the flows map and the frags map (nil: later fragments
+// have no known first fragment).
+func NewTable(flows, frags *ebpf.Map) *Table {
+	return &Table{m: flows, frags: frags, clock: NewClock()}
+}
 
 // SetGeneration sets the generation stamped on new entries.
 func (t *Table) SetGeneration(g uint32) { t.gen.Store(g) }
@@ -265,6 +270,8 @@ func (t *Table) SetBase(g uint32) { t.base.Store(g) }
 type Writer struct {
 	t   *Table
 	old xdpprog.FlowVal
+	fk  xdpprog.FragKey
+	fv  xdpprog.FragVal
 	// gen stamps the entries staged from now on: the generation of the
 	// snapshot their verdicts came from (see UseSnapshot), 0 for the
 	// table's current one.
@@ -368,6 +375,37 @@ func (w *Writer) CachedAllow(k *xdpprog.FlowKey) bool {
 		return false
 	}
 	return w.old.Verdict == xdpprog.VerdictAllow
+}
+
+// FragmentPorts gives k, the key of a later fragment, the ports of its
+// datagram's first fragment, which the kernel program recorded when it saw
+// it, and reports whether there was one (seen within fragTTL).
+func (w *Writer) FragmentPorts(k *xdpprog.FlowKey, id uint32) bool {
+	if w.t.frags == nil {
+		return false
+	}
+	w.fk = xdpprog.FragKey{Hook: k.Hook, Proto: k.Proto, Ifindex: k.Ifindex, Id: id, Saddr: k.Saddr, Daddr: k.Daddr}
+	if err := w.t.frags.Lookup(&w.fk, &w.fv); err != nil || w.t.clock.Now()-w.fv.SeenNs > uint64(fragTTL) {
+		return false
+	}
+	k.Sport, k.Dport = w.fv.Sport, w.fv.Dport
+	return true
+}
+
+// fragTTL is FRAG_TTL_NS of tcx.c.
+const fragTTL = 60 * time.Second
+
+// CachedReply looks up the key of a flow's replies for an ICMP error about
+// that flow, caught at the same hook and veth: allowed says it holds an
+// allow, current that it is of the generation this writer stamps. The
+// kernel passes errors of current allows itself; one reaches a worker when
+// it raced the entry's write, the entry predates a policy change, or the
+// fast path is off.
+func (w *Writer) CachedReply(reply *xdpprog.FlowKey) (allowed, current bool) {
+	if err := w.t.m.Lookup(reply, &w.old); err != nil || w.old.Verdict != xdpprog.VerdictAllow {
+		return false, false
+	}
+	return true, w.old.Generation == w.generation()
 }
 
 // RevalidateStats counts what a walk did.

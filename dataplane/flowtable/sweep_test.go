@@ -35,7 +35,7 @@ func key(port uint16) xdpprog.FlowKey {
 // has overwritten since, and that it does so without walking the map.
 func TestSweepDenies(t *testing.T) {
 	m := flowsMap(t)
-	tbl := NewTable(m)
+	tbl := NewTable(m, nil)
 	w := tbl.NewWriter()
 	oldDeny, overwritten, newDeny := key(1), key(2), key(3)
 	for _, k := range []xdpprog.FlowKey{oldDeny, overwritten} {
@@ -73,7 +73,7 @@ func TestSweepDenies(t *testing.T) {
 // of the map, so no deny outlives its time.
 func TestDenyQueueOverflow(t *testing.T) {
 	m := flowsMap(t)
-	tbl := NewTable(m)
+	tbl := NewTable(m, nil)
 	w := tbl.NewWriter()
 	first := key(1)
 	if err := w.Record(&first, false); err != nil {

@@ -45,10 +45,27 @@ type Parsed struct {
 	// Fragmented: any fragment, first included; its L4 checksum cannot be
 	// completed from this frame alone.
 	Fragmented bool
+	// FragID is the IPv4 identification or the IPv6 fragment id of a
+	// fragment: with the addresses and protocol it names the datagram.
+	FragID uint32
+	// ICMPError: an ICMP or ICMPv6 error (destination unreachable, packet
+	// too big, time exceeded, parameter problem) whose embedded header was
+	// read into Inner.
+	ICMPError bool
+	// Inner is the flow of the packet an ICMP error answers, as that
+	// packet went (from the receiver of the error).
+	Inner Flow
 
 	L3Off int // start of the IP header
 	L4Off int // start of the L4 header (after IPv6 extension headers)
 	End   int // end of the IP packet (Ethernet padding excluded)
+}
+
+// Flow is a 5-tuple; ports are 0 for protocols without ports.
+type Flow struct {
+	Proto            uint8
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
 }
 
 // Decode parses frame into p and reports p.OK.
@@ -86,6 +103,9 @@ func (p *Parsed) Decode(frame []byte) bool {
 		frag := binary.BigEndian.Uint16(ip[6:8])
 		p.LaterFragment = frag&0x1fff != 0
 		p.Fragmented = frag&0x3fff != 0
+		if p.Fragmented {
+			p.FragID = uint32(binary.BigEndian.Uint16(ip[4:6]))
+		}
 		p.End = off + tot
 		off += ihl
 	case etherTypeIPv6:
@@ -122,6 +142,7 @@ func (p *Parsed) Decode(frame []byte) bool {
 					return false
 				}
 				fo := binary.BigEndian.Uint16(frame[off+2 : off+4])
+				p.FragID = binary.BigEndian.Uint32(frame[off+4 : off+8])
 				next = frame[off]
 				off += 8
 				p.Fragmented = true
@@ -168,12 +189,69 @@ func (p *Parsed) Decode(frame []byte) bool {
 		if off+4 > len(frame) {
 			return false
 		}
-		if next == ProtoICMPv6 && frame[off] >= 133 && frame[off] <= 137 {
+		typ := frame[off]
+		if next == ProtoICMPv6 && typ >= 133 && typ <= 137 {
 			p.ND = true
+		}
+		if next == ProtoICMPv6 && typ >= icmp6DestUnreach && typ <= icmp6ParamProb ||
+			next == ProtoICMP && (typ == icmpDestUnreach || typ == icmpTimeExceeded || typ == icmpParamProb) {
+			p.ICMPError = p.Inner.decode(frame[min(off+8, p.End):p.End], p.Version)
 		}
 	}
 	p.OK = true
 	return true
+}
+
+// ICMP error types whose body starts with the header of the packet they
+// answer.
+const (
+	icmpDestUnreach  = 3
+	icmpTimeExceeded = 11
+	icmpParamProb    = 12
+	icmp6DestUnreach = 1 // then 2 packet too big, 3 time exceeded
+	icmp6ParamProb   = 4
+)
+
+// decode reads the header an ICMP error embeds, as the kernel program does:
+// the same family as the error, its ports (or ICMP) right after the IP
+// header, not a later fragment. It reports whether it found one.
+func (f *Flow) decode(b []byte, version uint8) bool {
+	var off int
+	switch version {
+	case 4:
+		if len(b) < 20 || b[0]>>4 != 4 || binary.BigEndian.Uint16(b[6:8])&0x1fff != 0 {
+			return false
+		}
+		off = int(b[0]&0x0f) * 4
+		if off < 20 {
+			return false
+		}
+		f.Proto = b[9]
+		f.Src = netip.AddrFrom4([4]byte(b[12:16]))
+		f.Dst = netip.AddrFrom4([4]byte(b[16:20]))
+	case 6:
+		if len(b) < 40 || b[0]>>4 != 6 {
+			return false
+		}
+		off = 40
+		f.Proto = b[6]
+		f.Src = netip.AddrFrom16([16]byte(b[8:24]))
+		f.Dst = netip.AddrFrom16([16]byte(b[24:40]))
+	}
+	switch f.Proto {
+	case ProtoTCP, ProtoUDP, ProtoSCTP:
+		if len(b) < off+4 {
+			return false
+		}
+		f.SrcPort = binary.BigEndian.Uint16(b[off : off+2])
+		f.DstPort = binary.BigEndian.Uint16(b[off+2 : off+4])
+		return true
+	case ProtoICMP:
+		return version == 4
+	case ProtoICMPv6:
+		return version == 6
+	}
+	return false
 }
 
 func isIPv6Ext(n uint8) bool {

@@ -206,3 +206,49 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func TestDecodeFragmentAndICMPError(t *testing.T) {
+	frag := v4(layers.IPProtocolUDP)
+	frag.Id, frag.Flags = 0x1234, layers.IPv4MoreFragments
+	inner4 := ser(t, v4(layers.IPProtocolUDP), &layers.UDP{SrcPort: 4000, DstPort: 53})
+	inner6 := ser(t, v6(layers.IPProtocolTCP), &layers.TCP{SrcPort: 4000, DstPort: 443})
+	echo6 := ser(t, v6(layers.IPProtocolICMPv6), &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(128, 0)}, gopacket.Payload(make([]byte, 4)))
+	laterInner := v4(layers.IPProtocolUDP)
+	laterInner.FragOffset = 3
+	v6frag := []byte{ProtoUDP, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef} // offset 0, more fragments
+	tests := []struct {
+		name   string
+		frame  []byte
+		fragID uint32
+		icmpOK bool
+		inner  Flow
+	}{
+		{"v4 first fragment", ser(t, eth(layers.EthernetTypeIPv4), frag, &layers.UDP{SrcPort: 1, DstPort: 2}, gopacket.Payload(make([]byte, 64))), 0x1234, false, Flow{}},
+		{"v6 first fragment", ser(t, eth(layers.EthernetTypeIPv6), v6(layers.IPProtocolIPv6Fragment), gopacket.Payload(v6frag), &layers.UDP{SrcPort: 1, DstPort: 2}), 0xdeadbeef, false, Flow{}},
+		{"v4 port unreachable", ser(t, eth(layers.EthernetTypeIPv4), v4(layers.IPProtocolICMPv4), &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(inner4[:28])), 0, true,
+			Flow{ProtoUDP, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), 4000, 53}},
+		{"v4 time exceeded, inner cut after the ports", ser(t, eth(layers.EthernetTypeIPv4), v4(layers.IPProtocolICMPv4), &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(11, 0)}, gopacket.Payload(inner4[:24])), 0, true,
+			Flow{ProtoUDP, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), 4000, 53}},
+		{"v4 error about a later fragment", ser(t, eth(layers.EthernetTypeIPv4), v4(layers.IPProtocolICMPv4), &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(ser(t, laterInner, gopacket.Payload(make([]byte, 8))))), 0, false, Flow{}},
+		{"v4 echo request is no error", ser(t, eth(layers.EthernetTypeIPv4), v4(layers.IPProtocolICMPv4), &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0)}, gopacket.Payload(inner4[:28])), 0, false, Flow{}},
+		{"v6 packet too big", ser(t, eth(layers.EthernetTypeIPv6), v6(layers.IPProtocolICMPv6), &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(2, 0)}, gopacket.Payload(make([]byte, 4)), gopacket.Payload(inner6[:48])), 0, true,
+			Flow{ProtoTCP, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), 4000, 443}},
+		{"v6 time exceeded about an echo", ser(t, eth(layers.EthernetTypeIPv6), v6(layers.IPProtocolICMPv6), &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(3, 0)}, gopacket.Payload(make([]byte, 4)), gopacket.Payload(echo6)), 0, true,
+			Flow{ProtoICMPv6, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), 0, 0}},
+		{"v6 error with a v4 header inside", ser(t, eth(layers.EthernetTypeIPv6), v6(layers.IPProtocolICMPv6), &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(1, 4)}, gopacket.Payload(make([]byte, 4)), gopacket.Payload(append(inner4, make([]byte, 20)...))), 0, false, Flow{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var p Parsed
+			if !p.Decode(tc.frame) {
+				t.Fatal("not decoded")
+			}
+			if p.FragID != tc.fragID || p.ICMPError != tc.icmpOK {
+				t.Errorf("FragID %#x ICMPError %v, want %#x %v", p.FragID, p.ICMPError, tc.fragID, tc.icmpOK)
+			}
+			if tc.icmpOK && p.Inner != tc.inner {
+				t.Errorf("Inner = %+v, want %+v", p.Inner, tc.inner)
+			}
+		})
+	}
+}

@@ -217,9 +217,15 @@ const (
 	// out of the pod and its egress is decided at the backend's entering
 	// hook, after DNAT, against the backend pod.
 	Deferred
+	// Related: an ICMP or ICMPv6 error about a flow allowed here (as
+	// conntrack's RELATED): it travels as that flow's replies do.
+	Related
+	// NoFirstFragment: a later fragment whose datagram's first fragment,
+	// and so its ports and flow, was not seen; fail closed.
+	NoFirstFragment
 )
 
-var reasonNames = [...]string{"no-snapshot", "unknown-pod", "not-isolated", "host-network", "rule-matched", "no-rule-matched", "deferred-to-destination"}
+var reasonNames = [...]string{"no-snapshot", "unknown-pod", "not-isolated", "host-network", "rule-matched", "no-rule-matched", "deferred-to-destination", "related", "no-first-fragment"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {

@@ -189,6 +189,10 @@ func why(en *Entry, e *Event) string {
 		s = "from the node's own address (always allowed)"
 	case ruleset.Deferred:
 		s = "to a Service ClusterIP: egress decided at the backend's entering hook"
+	case ruleset.Related:
+		s = "ICMP error about a flow allowed here (related)"
+	case ruleset.NoFirstFragment:
+		s = "later fragment of a datagram whose first fragment was not seen (fail closed)"
 	case ruleset.UnknownPod:
 		s = "enforcement point not in the snapshot (fail closed)"
 	case ruleset.NoSnapshot:

@@ -26,6 +26,8 @@ type Counters struct {
 	TxDropped   atomic.Uint64    // allowed but the TX ring was full or gone
 	CacheErrors atomic.Uint64    // flow map updates that failed
 	Reinjected  atomic.Uint64    // allowed frames queued for transmission
+	Related     atomic.Uint64    // ICMP errors allowed (also in Allowed) as related to an allowed flow
+	FragOrphans atomic.Uint64    // later fragments without a known first fragment: dropped
 	// Latency is the time from receiving a batch to each frame's verdict.
 	Latency Latency
 }
@@ -62,6 +64,7 @@ type Worker struct {
 	txbuf   []afxdp.Desc    // one port's share of pending
 	parsed  packet.Parsed
 	key     xdpprog.FlowKey
+	rkey    xdpprog.FlowKey // scratch: the reply key an ICMP error relates to
 	ev      trace.Event
 	t0      time.Time // when the current batch was received
 }
@@ -206,6 +209,30 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 	p := &w.parsed
 	w.key = xdpprog.NewFlowKey(hook, p.Proto, ifindex,
 		netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort))
+	// A later fragment is its datagram: the ports of the first fragment,
+	// which the kernel program recorded, or nothing says what it is.
+	if p.LaterFragment {
+		if !w.w.FragmentPorts(&w.key, p.FragID) {
+			w.c.Counters.FragOrphans.Add(1)
+			v := ruleset.Verdict{Reason: ruleset.NoFirstFragment, Clause: -1}
+			w.observe(rs, hook, ifindex, &v, false, false)
+			w.drop(d)
+			return
+		}
+		p.SrcPort, p.DstPort = w.key.Src().Port(), w.key.Dst().Port()
+	}
+	if p.ICMPError && w.related(rs, hook, ifindex) {
+		// Delivered like the flow's replies; nothing is cached for it.
+		w.c.Counters.Related.Add(1)
+		w.c.Counters.Allowed[hook&3].Add(1)
+		v := ruleset.Verdict{Allowed: true, Reason: ruleset.Related, Clause: -1}
+		w.observe(rs, hook, ifindex, &v, true, false)
+		if !w.c.Fastpath && hook == xdpprog.HookEgress {
+			w.w.MarkReinject(&w.key) // see below
+		}
+		w.reinject(hook, t, d)
+		return
+	}
 	v := w.c.Classifier.Decide(rs, hook, p.Proto, p.Src, p.Dst, p.DstPort)
 	allowed, kept := keepAllowed(w.c.Mode, w.w, &w.key, &v)
 	w.observe(rs, hook, ifindex, &v, allowed, kept)
@@ -224,15 +251,42 @@ func (w *Worker) handle(rs *ruleset.Ruleset, d afxdp.Desc) {
 		return
 	}
 	w.c.Counters.Allowed[hook&3].Add(1)
+	w.reinject(hook, t, d)
+}
+
+// reinject queues an allowed frame, restored, for transmission back on the
+// veth it was caught on.
+func (w *Worker) reinject(hook xdpprog.Hook, t *podwire.Target, d afxdp.Desc) {
 	port := t.Port(hook)
 	if port == nil {
 		w.c.Counters.TxDropped.Add(1)
 		w.drop(d)
 		return
 	}
+	frame := w.c.UMEM.Frame(d.Addr, int(d.Len))
 	xdpprog.RestorePodMAC(frame, hook, &t.PodMAC)
-	packet.CompleteChecksum(frame, p)
+	packet.CompleteChecksum(frame, &w.parsed)
 	w.pending = append(w.pending, pendingTx{d, port})
+}
+
+// related reports whether the ICMP error in w.parsed is about a flow allowed
+// at this hook and veth, as tcx.c decides it: the key of that flow's replies
+// holds a current allow. An allow of an older generation (a policy change
+// is being revalidated) or, with the fast path off, no entry at all (no
+// entries are written then) counts when the current policy still allows
+// the flow.
+func (w *Worker) related(rs *ruleset.Ruleset, hook xdpprog.Hook, ifindex uint32) bool {
+	in := &w.parsed.Inner
+	w.rkey = xdpprog.NewFlowKey(hook, in.Proto, ifindex,
+		netip.AddrPortFrom(in.Dst, in.DstPort), netip.AddrPortFrom(in.Src, in.SrcPort))
+	allowed, current := w.w.CachedReply(&w.rkey)
+	if current {
+		return true
+	}
+	if allowed || !w.c.Fastpath {
+		return w.c.Classifier.DecideKey(rs, &w.rkey, true).Allowed
+	}
+	return false
 }
 
 func (w *Worker) track(p *podwire.Port) {

@@ -41,6 +41,8 @@ enum {
 	CNT_DROP_GSO_MISS,
 	CNT_REQUEST_LOST,
 	CNT_PASS_REINJECTED,
+	CNT_PASS_RELATED,
+	CNT_DROP_FRAG_ORPHAN,
 	CNT_MAX,
 };
 
@@ -53,7 +55,8 @@ enum {
 
 /* A flow as one hook sees it. IPv4 addresses are v4-mapped IPv6
  * (::ffff:a.b.c.d). Ports are 0 for protocols without ports (ICMP, ICMPv6,
- * anything else) and for non-first fragments. */
+ * anything else); a later fragment carries the ports of its datagram's
+ * first fragment (see struct frag_val). */
 struct flow_key {
 	__u8 hook;
 	__u8 proto;
@@ -70,6 +73,27 @@ struct flow_val {
 	__u8 pad[3];
 	__u32 generation;
 	__u64 last_seen_ns; /* bpf_ktime_get_ns(); refreshed on allow hits only */
+};
+
+/* A fragmented datagram as one hook sees it: the key of "frags". id is the
+ * IPv4 identification (16 bits) or the IPv6 fragment header's id. */
+struct frag_key {
+	__u8 hook;
+	__u8 proto;
+	__u16 pad;
+	__u32 ifindex;
+	__u32 id;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* The ports of the first fragment, so that later fragments, which carry no
+ * L4 header, are keyed and decided as their datagram. */
+struct frag_val {
+	__be16 sport;
+	__be16 dport;
+	__u32 pad;
+	__u64 seen_ns; /* when the first fragment was seen */
 };
 
 /* Value of "pods", keyed by H's ifindex (__u32). */
