@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -271,6 +272,53 @@ func attachPinned(path string, prog *ebpf.Program, matches func(*link.Info) bool
 		}
 	}
 	return l, nil
+}
+
+// RemoveClsactFilters deletes the clsact fallback's filters (AttachClsact:
+// our handle, priority and program names) from every interface of the
+// calling thread's network namespace, and returns where it found them.
+// Their qdiscs stay: another program may use them.
+func RemoveClsactFilters() ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var done []string
+	var errs []error
+	for _, l := range links {
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			filters, err := netlink.FilterList(l, parent)
+			if err != nil {
+				continue // no clsact qdisc
+			}
+			for _, f := range filters {
+				bf, ok := f.(*netlink.BpfFilter)
+				if !ok || bf.Handle != ClsactHandle || bf.Priority != ClsactPriority || !strings.HasPrefix(bf.Name, "xdpolicy_") {
+					continue
+				}
+				if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+					errs = append(errs, fmt.Errorf("delete filter %s on %s: %w", bf.Name, l.Attrs().Name, err))
+					continue
+				}
+				done = append(done, fmt.Sprintf("clsact filter %s on %s", bf.Name, l.Attrs().Name))
+			}
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// RemovePinnedLink detaches the link pinned at path and removes the pin; a
+// pin whose link is defunct (its interface gone) is just removed. It
+// reports whether there was a pin.
+func RemovePinnedLink(path string) (bool, error) {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return true, os.Remove(path)
+	}
+	return true, detachLink(l, path)
 }
 
 func detachLink(l link.Link, pinPath string) error {

@@ -183,14 +183,22 @@ func (o *Objects) Unpin() error {
 			errs = append(errs, m.Unpin())
 		}
 	}
-	// The directory and its empty parents up to BPFFSRoot; removing one
-	// fails harmlessly while someone else's pins are still there.
-	for d := o.pinDir; d != "" && strings.HasPrefix(d, BPFFSRoot+"/"); d = filepath.Dir(d) {
+	RemovePinDir(o.pinDir)
+	return errors.Join(errs...)
+}
+
+// RemovePinDir removes the pin directory dir and its parents up to
+// BPFFSRoot, as long as they are empty: removing one fails harmlessly
+// while someone else's pins are still there.
+func RemovePinDir(dir string) {
+	if dir == "" || os.Remove(dir) != nil {
+		return
+	}
+	for d := filepath.Dir(dir); strings.HasPrefix(d, BPFFSRoot+"/"); d = filepath.Dir(d) {
 		if os.Remove(d) != nil {
-			break
+			return
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // SetConfig writes the config entry.
@@ -273,6 +281,30 @@ func PreparePinDir(dir string) error {
 	return nil
 }
 
+// ErrPinDirBusy: another process (a running agent) holds the pin
+// directory's lock.
+var ErrPinDirBusy = errors.New("in use by a running agent")
+
+// LockPinDir takes an exclusive lock on the pin directory dir for as long
+// as the returned file stays open (the kernel drops it when the process
+// dies, however it dies). An agent holds it while it runs; `xdpolicy
+// cleanup` takes it to be sure no agent is running. A held lock fails at
+// once with ErrPinDirBusy.
+func LockPinDir(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lock pin directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("pin directory %s: %w", dir, ErrPinDirBusy)
+		}
+		return nil, fmt.Errorf("lock pin directory %s: %w", dir, err)
+	}
+	return f, nil
+}
+
 // ReleaseBPFFS unmounts the bpffs at BPFFSRoot when PreparePinDir mounted it
 // and nothing is pinned there any more. A bpffs somebody else mounted, or
 // pins still present (another agent's, or ours kept on purpose), keep it.
@@ -304,7 +336,11 @@ func ReleaseBPFFS() error {
 	if err := os.Remove(filepath.Join(BPFFSRoot, mountMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := unix.Unmount(BPFFSRoot, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+	switch err := unix.Unmount(BPFFSRoot, 0); {
+	case errors.Is(err, unix.EBUSY):
+		// Someone still has something open in it: theirs to release.
+		return os.Mkdir(filepath.Join(BPFFSRoot, mountMarker), 0o700)
+	case err != nil && !errors.Is(err, unix.EINVAL):
 		return fmt.Errorf("unmount %s: %w", BPFFSRoot, err)
 	}
 	return nil

@@ -31,7 +31,7 @@ func run() int {
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
 	root.AddCommand(probeCmd(), explainCmd(), labCmd())
-	root.AddCommand(agentCmd())
+	root.AddCommand(agentCmd(), cleanupCmd())
 	root.AddCommand(traceCmd())
 	root.AddCommand(benchCmd())
 	if err := root.ExecuteContext(ctx); err != nil {

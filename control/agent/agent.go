@@ -66,6 +66,9 @@ type Config struct {
 	TraceAlways bool
 }
 
+// DefaultBPFFSDir is the pin directory of node's agent.
+func DefaultBPFFSDir(node string) string { return filepath.Join(xdpprog.BPFFSRoot, "xdpolicy", node) }
+
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Log
@@ -79,7 +82,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return errors.New("--node is required")
 	}
 	if cfg.BPFFSDir == "" {
-		cfg.BPFFSDir = filepath.Join(xdpprog.BPFFSRoot, "xdpolicy", cfg.Node)
+		cfg.BPFFSDir = DefaultBPFFSDir(cfg.Node)
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.NumCPU()
@@ -101,6 +104,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		unix.Close(fd)
 	}
 
+	if err := xdpprog.PreparePinDir(cfg.BPFFSDir); err != nil {
+		return err
+	}
+	// One agent per pin directory: a second would fight the first over
+	// the same attachments and maps.
+	lock, err := xdpprog.LockPinDir(cfg.BPFFSDir)
+	if err != nil {
+		return fmt.Errorf("%w (another agent runs for node %s; stop it first)", err, cfg.Node)
+	}
+	defer lock.Close()
 	objs, err := xdpprog.Load(xdpprog.Options{PinDir: cfg.BPFFSDir})
 	if err != nil {
 		return fmt.Errorf("load BPF programs (is bpffs mounted at %s? `mount -t bpf bpffs %s`): %w", xdpprog.BPFFSRoot, xdpprog.BPFFSRoot, err)

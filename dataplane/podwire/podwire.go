@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -462,13 +460,14 @@ func (w *Wirer) Close(keep bool) {
 	}
 }
 
-// RemoveStalePins detaches and unpins tcx links pinned in dir whose
-// ifindex is not in keep.
-func RemoveStalePins(dir string, keep map[uint32]bool, log *slog.Logger) {
+// RemoveStalePins detaches and unpins the tcx links pinned in dir whose
+// ifindex is not in keep, and returns the pins it removed.
+func RemoveStalePins(dir string, keep map[uint32]bool, log *slog.Logger) []string {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return
+		return nil
 	}
+	var removed []string
 	for _, e := range ents {
 		var idx uint32
 		var hook string
@@ -479,18 +478,13 @@ func RemoveStalePins(dir string, keep map[uint32]bool, log *slog.Logger) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		l, err := link.LoadPinnedLink(p, nil)
-		if err != nil {
-			os.Remove(p)
-			continue
-		}
-		_ = l.Unpin()
-		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		if _, err := xdpprog.RemovePinnedLink(p); err != nil {
 			log.Debug("detach stale link", "pin", p, "err", err)
 		}
-		l.Close()
 		log.Info("removed stale attachment", "pin", p)
+		removed = append(removed, p)
 	}
+	return removed
 }
 
 // Wired returns the sorted H ifindexes currently wired.

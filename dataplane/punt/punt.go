@@ -89,7 +89,7 @@ func Open(o Options) (*Port, error) {
 		_ = writeSysctl("/proc/sys/net/ipv6/conf/"+n+"/disable_ipv6", "1")
 	}
 
-	p.xdp, err = xdpprog.AttachXDP(o.Objects.Punt, p.Index1, xdpprog.XDPOptions{PinPath: filepath.Join(o.PinDir, "xdp-"+Dev1)})
+	p.xdp, err = xdpprog.AttachXDP(o.Objects.Punt, p.Index1, xdpprog.XDPOptions{PinPath: XDPPin(o.PinDir)})
 	if err != nil {
 		p.Close(false)
 		return nil, err
@@ -134,13 +134,42 @@ func (p *Port) Close(keep bool) error {
 		}
 	}
 	if !keep {
-		if l, err := netlink.LinkByName(Dev0); err == nil {
-			if _, ok := l.(*netlink.Veth); ok {
-				if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-					errs = append(errs, fmt.Errorf("delete %s: %w", Dev0, err))
-				}
-			}
-		}
+		_, err := deleteVeth()
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// XDPPin is where Open pins the punt program's XDP link in pinDir.
+func XDPPin(pinDir string) string { return filepath.Join(pinDir, "xdp-"+Dev1) }
+
+// Remove takes away what an agent left of the punt port (kept on exit, or
+// the agent was killed): the pinned XDP link in pinDir and dp0/dp1. It
+// reports what it removed.
+func Remove(pinDir string) ([]string, error) {
+	var done []string
+	had, err := xdpprog.RemovePinnedLink(XDPPin(pinDir))
+	if had {
+		done = append(done, "XDP program on "+Dev1+" ("+XDPPin(pinDir)+")")
+	}
+	deleted, verr := deleteVeth()
+	if deleted {
+		done = append(done, "punt veth "+Dev0+"/"+Dev1)
+	}
+	return done, errors.Join(err, verr)
+}
+
+// deleteVeth deletes dp0 (and so dp1) when it is a veth.
+func deleteVeth() (bool, error) {
+	l, err := netlink.LinkByName(Dev0)
+	if err != nil {
+		return false, nil
+	}
+	if _, ok := l.(*netlink.Veth); !ok {
+		return false, nil
+	}
+	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return false, fmt.Errorf("delete %s: %w", Dev0, err)
+	}
+	return true, nil
 }
