@@ -333,17 +333,30 @@ func ReleaseBPFFS() error {
 	if !marked {
 		return nil
 	}
+	var ours unix.Stat_t
+	if err := unix.Stat(BPFFSRoot, &ours); err != nil {
+		return err
+	}
 	if err := os.Remove(filepath.Join(BPFFSRoot, mountMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	switch err := unix.Unmount(BPFFSRoot, 0); {
-	case errors.Is(err, unix.EBUSY):
-		// Someone still has something open in it: theirs to release.
-		return os.Mkdir(filepath.Join(BPFFSRoot, mountMarker), 0o700)
-	case err != nil && !errors.Is(err, unix.EINVAL):
-		return fmt.Errorf("unmount %s: %w", BPFFSRoot, err)
+	// Mount propagation (a DaemonSet's Bidirectional volume on an rshared
+	// /sys) can stack several mounts of our bpffs there: unmount each.
+	for {
+		switch err := unix.Unmount(BPFFSRoot, 0); {
+		case errors.Is(err, unix.EBUSY):
+			// Someone still has something open in it: theirs to release.
+			return os.Mkdir(filepath.Join(BPFFSRoot, mountMarker), 0o700)
+		case errors.Is(err, unix.EINVAL):
+			return nil // not a mount point any more
+		case err != nil:
+			return fmt.Errorf("unmount %s: %w", BPFFSRoot, err)
+		}
+		var st unix.Stat_t
+		if unix.Stat(BPFFSRoot, &st) != nil || st.Dev != ours.Dev {
+			return nil
+		}
 	}
-	return nil
 }
 
 func onBPFFS(path string) (bool, error) {

@@ -10,7 +10,7 @@ import (
 
 // fragments returns the first and a later fragment of one UDP datagram from
 // src to dst (5000 -> 6000) with fragment id id, caught entering the pod.
-func fragments(t *testing.T, v6 bool, id uint32) (first, later []byte) {
+func fragments(t testing.TB, v6 bool, id uint32) (first, later []byte) {
 	in := HookIngress
 	if v6 {
 		hdr := func(offset uint16, more bool) []byte {
@@ -99,7 +99,7 @@ func TestFragments(t *testing.T) {
 // icmpError returns an ICMP(v6) error of type/code sent by from to the pod
 // about a packet the pod sent to peer (inner is its L4 layer), caught
 // entering the pod.
-func icmpError(t *testing.T, from netip.Addr, typ, code uint8, inner ...gopacket.SerializableLayer) []byte {
+func icmpError(t testing.TB, from netip.Addr, typ, code uint8, inner ...gopacket.SerializableLayer) []byte {
 	in := HookIngress
 	var ls []gopacket.SerializableLayer
 	if from.Is4() {

@@ -205,11 +205,11 @@ static __always_inline int is_ipv6_ext(__u8 nexthdr)
 	       nexthdr == IPPROTO_FRAGMENT;
 }
 
-/* Reads the header embedded in an ICMP error at off (the outer ICMP header)
- * into pi->related, reversed: the key its flow's replies have at this hook.
+/* Reads the header embedded in an ICMP error at off (the outer ICMP header,
+ * in a packet ending at end) into pi->related, reversed: the key its flow's replies have at this hook.
  * Only headers of the outer family whose ports (or ICMP) directly follow the
  * IP header are read; anything else is no error of a known flow. */
-static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, int v6,
+static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, __u32 end, int v6,
 					     struct parse_info *pi)
 {
 	struct flow_key *r = &pi->related;
@@ -219,7 +219,7 @@ static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, i
 	if (v6) {
 		struct ipv6hdr ip6;
 
-		if (load(skb, off, &ip6, sizeof(ip6)) || ip6.ver_tc >> 4 != 6)
+		if (off + sizeof(ip6) > end || load(skb, off, &ip6, sizeof(ip6)) || ip6.ver_tc >> 4 != 6)
 			return;
 		__builtin_memcpy(r->saddr, ip6.daddr, 16);
 		__builtin_memcpy(r->daddr, ip6.saddr, 16);
@@ -229,7 +229,7 @@ static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, i
 		struct ipv4hdr ip;
 		__u32 ihl;
 
-		if (load(skb, off, &ip, sizeof(ip)))
+		if (off + sizeof(ip) > end || load(skb, off, &ip, sizeof(ip)))
 			return;
 		ihl = (ip.ver_ihl & 0x0f) * 4;
 		if (ip.ver_ihl >> 4 != 4 || ihl < sizeof(ip) || (ip.frag_off & bpf_htons(0x1fff)))
@@ -246,7 +246,7 @@ static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, i
 	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
 		__be16 ports[2];
 
-		if (load(skb, off, ports, sizeof(ports)))
+		if (off + sizeof(ports) > end || load(skb, off, ports, sizeof(ports)))
 			return;
 		r->sport = ports[1];
 		r->dport = ports[0];
@@ -262,7 +262,7 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 					       struct parse_info *pi)
 {
 	struct ethhdr eth;
-	__u32 off = sizeof(eth);
+	__u32 off = sizeof(eth), end = skb->len; /* end of the IP packet */
 	__u8 later_fragment = 0;
 	__be16 proto;
 	__u8 nexthdr;
@@ -296,6 +296,8 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 		if (tot_len != 0 || skb->gso_segs <= 1)
 			if (tot_len < ihl || off + tot_len > skb->len)
 				return PARSE_MALFORMED;
+		if (tot_len != 0)
+			end = off + tot_len;
 		k->saddr[10] = 0xff;
 		k->saddr[11] = 0xff;
 		__builtin_memcpy(&k->saddr[12], ip.saddr, 4);
@@ -320,6 +322,8 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 		/* payload_len 0 is a jumbogram (IPv6 BIG TCP). */
 		if (ip6.ver_tc >> 4 != 6 || off + sizeof(ip6) + plen > skb->len)
 			return PARSE_MALFORMED;
+		if (plen != 0 || skb->gso_segs <= 1)
+			end = off + sizeof(ip6) + plen;
 		__builtin_memcpy(k->saddr, ip6.saddr, 16);
 		__builtin_memcpy(k->daddr, ip6.daddr, 16);
 		nexthdr = ip6.nexthdr;
@@ -365,6 +369,9 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 		return PARSE_NONIP;
 	}
 
+	/* Extension headers that claim more than the packet holds. */
+	if (off > end)
+		return PARSE_MALFORMED;
 	k->proto = nexthdr;
 	if (later_fragment)
 		return PARSE_OK;
@@ -397,7 +404,7 @@ static __always_inline enum parse_result parse(struct __sk_buff *skb, struct flo
 		if (nexthdr == IPPROTO_ICMPV6 ? type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB
 					      : type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
 						type == ICMP_PARAMETERPROB)
-			parse_icmp_error(skb, off, nexthdr == IPPROTO_ICMPV6, pi);
+			parse_icmp_error(skb, off, end, nexthdr == IPPROTO_ICMPV6, pi);
 		break;
 	}
 	}

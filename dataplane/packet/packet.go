@@ -161,9 +161,8 @@ func (p *Parsed) Decode(frame []byte) bool {
 		return false
 	}
 	if off > p.End {
-		// Extension headers claim more than the packet holds. The kernel
-		// punts such a packet (it reads no L4 header for unknown
-		// protocols); here it is malformed and dropped: fail closed.
+		// Extension headers claim more than the packet holds: malformed,
+		// as the kernel program has it.
 		return false
 	}
 	p.Proto = next
@@ -195,7 +194,13 @@ func (p *Parsed) Decode(frame []byte) bool {
 		}
 		if next == ProtoICMPv6 && typ >= icmp6DestUnreach && typ <= icmp6ParamProb ||
 			next == ProtoICMP && (typ == icmpDestUnreach || typ == icmpTimeExceeded || typ == icmpParamProb) {
-			p.ICMPError = p.Inner.decode(frame[min(off+8, p.End):p.End], p.Version)
+			// The family of the embedded header follows the ICMP
+			// version, as in the kernel program.
+			v := uint8(4)
+			if next == ProtoICMPv6 {
+				v = 6
+			}
+			p.ICMPError = p.Inner.decode(frame[min(off+8, p.End):p.End], v)
 		}
 	}
 	p.OK = true

@@ -257,13 +257,16 @@ record_host() {
 # What systemd does on a real node and kubelet's HostToContainer volumes
 # need: /sys shared (the DaemonSet's /sys/fs/bpf), bpffs at /sys/fs/bpf,
 # /run/netns a shared mount (`ip netns add` makes it one).
+#
+# bpffs is left to the DaemonSet: on a node without one its init container
+# (xdpolicy mount-bpffs) mounts it, through Bidirectional propagation.
 prepare_mounts() {
 	mount --make-rshared /sys
-	if ! findmnt -rn -t bpf /sys/fs/bpf >/dev/null; then
-		mount -t bpf bpffs /sys/fs/bpf
-		rec bpffs_mounted 1
+	if findmnt -rn -t bpf /sys/fs/bpf >/dev/null; then
+		mount --make-shared /sys/fs/bpf
+	else
+		rec bpffs_mounted 1 # by the DaemonSet, during this run
 	fi
-	mount --make-shared /sys/fs/bpf
 	mount --make-shared /run/netns 2>/dev/null || true
 }
 
@@ -694,7 +697,13 @@ node_down() {
 	done
 	sleep 0.3
 
-	# The agent's pins (it runs with --keep-on-exit) and state dir.
+	# What the agent left on purpose (it runs with --keep-on-exit): its
+	# programs, punt veth and pins, removed the way an operator uninstalls,
+	# and its state dir.
+	if [ -n "$NODE" ] && [ -e "/run/netns/$NETNS" ] && [ -x "$REPO/bin/xdpolicy" ]; then
+		nsenter --net="/run/netns/$NETNS" -- "$REPO/bin/xdpolicy" cleanup --node "$NODE" >&2 ||
+			log "teardown: xdpolicy cleanup failed"
+	fi
 	if [ -n "$NODE" ] && [ -d "/sys/fs/bpf/xdpolicy/$NODE" ]; then
 		rm -rf "/sys/fs/bpf/xdpolicy/$NODE"
 	fi
@@ -745,9 +754,13 @@ node_down() {
 	# bpffs: unmounted when this run mounted it and nobody else uses it.
 	if [ -n "$(recget bpffs_mounted)" ] && findmnt -rn -t bpf /sys/fs/bpf >/dev/null; then
 		local others
-		others=$(find /sys/fs/bpf -mindepth 1 -maxdepth 1 ! -name maps.debug ! -name progs.debug -printf '%f ')
+		others=$(find /sys/fs/bpf -mindepth 1 -maxdepth 1 ! -name maps.debug ! -name progs.debug ! -name xdpolicy-mounted-this-bpffs -printf '%f ')
 		if [ -z "$others" ]; then
-			umount /sys/fs/bpf
+			# (propagation may have stacked several mounts of it)
+			for i in 1 2 3 4; do
+				findmnt -rn -t bpf /sys/fs/bpf >/dev/null || break
+				umount /sys/fs/bpf
+			done
 		else
 			# Somebody else pinned there meanwhile: keep it, private like
 			# the mounts around it.
@@ -804,7 +817,7 @@ leftovers() {
 	[ -e "/sys/fs/bpf/xdpolicy/$NODE" ] && left+=("pins /sys/fs/bpf/xdpolicy/$NODE")
 	# (a bpffs this run mounted counts only when nobody else uses it)
 	if [ -n "$(recget bpffs_mounted)" ] && findmnt -rn -t bpf /sys/fs/bpf >/dev/null &&
-		[ -z "$(find /sys/fs/bpf -mindepth 1 -maxdepth 1 ! -name maps.debug ! -name progs.debug -print -quit)" ]; then
+		[ -z "$(find /sys/fs/bpf -mindepth 1 -maxdepth 1 ! -name maps.debug ! -name progs.debug ! -name xdpolicy-mounted-this-bpffs -print -quit)" ]; then
 		left+=("bpffs /sys/fs/bpf")
 	fi
 	local t prop now
