@@ -144,9 +144,10 @@ func validateIPBlock(b *networkingv1.IPBlock, path *field.Path) field.ErrorList 
 	return errs
 }
 
-// ParseCIDR parses an ipBlock CIDR. Like the API server it accepts host bits
-// set ("10.0.0.1/24", which it only warns about) and masks them; IPv4-mapped
-// IPv6 prefixes are unmapped.
+// ParseCIDR parses an ipBlock CIDR. It accepts host bits set ("10.0.0.1/24")
+// and masks them: older API servers stored such CIDRs with only a warning
+// (v1.37.2 rejects new ones), so objects stored earlier may have them.
+// IPv4-mapped IPv6 prefixes are unmapped.
 func ParseCIDR(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(strings.TrimSpace(s))
 	if err != nil {
