@@ -4,7 +4,8 @@
 # /var/lib/xdpolicy-node/ID), applies the unchanged deploy/ with
 # `kubectl apply -k deploy/`, waits for the xdpolicy DaemonSet, checks that
 # `xdpolicy trace` and `explain --live` reach the agent through the API
-# server with a kubeconfig (ops.sh), runs the
+# server with a kubeconfig and that a SIGKILLed agent leaves the node
+# enforced and its successor takes over (ops.sh), runs the
 # upstream e2e NetworkPolicy specs with e2e.test, prints ginkgo's summary and
 # tears everything down (also on failure and Ctrl-C). Exits non-zero when a
 # spec failed, the node or the DaemonSet did not come up, or the teardown
@@ -95,6 +96,7 @@ main() {
 	deploy_xdpolicy || die "the xdpolicy DaemonSet did not become ready"
 	T_UP=$(($(date +%s) - T1))
 	check_cluster_ops "$REPO/bin/xdpolicy"
+	check_agent_crash
 
 	args=(--kubeconfig="$KUBECONFIG_ADMIN" --provider=skeleton --num-nodes=1
 		"--ginkgo.focus=$focus" --ginkgo.no-color --ginkgo.silence-skips --ginkgo.timeout=3h
