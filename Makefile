@@ -5,7 +5,7 @@ BIN       := bin/xdpolicy
 GOFLAGS   ?=
 PKGS      := ./...
 
-.PHONY: build test bench demo generate vet clean deps k8s e2e-node e2e-node-smoke
+.PHONY: build test race bench demo generate vet clean deps k8s e2e-node e2e-node-smoke
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xdpolicy
@@ -23,9 +23,25 @@ vet:
 # (about 15 minutes once, cached in ~/.cache/xdpolicy afterwards).
 test: vet build deps k8s
 	$(GO) test -count=1 -timeout 25m $(PKGS)
+	$(MAKE) --no-print-directory race
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 10m $(PKGS)
 	@if [ "$$(id -u)" = 0 ]; then ./scripts/node/e2e.sh --cni ptp --smoke; \
 	else echo "skipping the real-node smoke: needs root"; fi
+
+# The packages with goroutines, atomics or locks, under the race detector.
+# GOFLAGS=-race also reaches the `go build` of the xdpolicy binary that the
+# agent, lab and CLI tests run, so the agent's own goroutines (workers,
+# control loop, trace ring, ops server) run under the detector in the
+# end-to-end tests; GORACE=halt_on_error=1 makes a race end the process at
+# once, which fails the test that started it instead of only logging.
+# bench/harness is left out: its concurrency runs in the binary it drives,
+# and timing packets under the detector measures nothing.
+RACE_PKGS := ./dataplane/ruleset ./dataplane/flowtable ./dataplane/trace ./dataplane/worker \
+	./dataplane/afxdp ./dataplane/podwire ./control/source ./control/kubetest \
+	./control/agent ./control/lab ./cmd/xdpolicy
+
+race:
+	GOFLAGS="$(GOFLAGS) -race" GORACE=halt_on_error=1 $(GO) test -race -count=1 -timeout 25m $(RACE_PKGS)
 
 deps:
 	@./scripts/deps.sh

@@ -5,9 +5,15 @@
 # installs its own (scripts/node/lib.sh).
 set -euo pipefail
 want=()
-for pair in ip:iproute2 iperf3:iperf3 nft:nftables unshare:util-linux mountpoint:util-linux; do
+# (gcc and libc6-dev: `go test -race` needs cgo.)
+for pair in ip:iproute2 iperf3:iperf3 nft:nftables unshare:util-linux mountpoint:util-linux gcc:gcc \
+	/usr/include/stdlib.h:libc6-dev; do
 	cmd=${pair%%:*} pkg=${pair#*:}
-	command -v "$cmd" >/dev/null && continue
+	if [[ $cmd == /* ]]; then
+		[ -e "$cmd" ] && continue
+	else
+		command -v "$cmd" >/dev/null && continue
+	fi
 	[[ " ${want[*]} " == *" $pkg "* ]] || want+=("$pkg")
 done
 [ ${#want[@]} -eq 0 ] && exit 0

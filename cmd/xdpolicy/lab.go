@@ -17,7 +17,7 @@ import (
 
 func labCmd() *cobra.Command {
 	var name string
-	c := &cobra.Command{
+	c := commandGroup(&cobra.Command{
 		Use:   "lab",
 		Short: "Build a local multi-node cluster out of network namespaces and run the agent on it",
 		Long: `lab builds a cluster on this machine out of network namespaces: nodes
@@ -26,7 +26,7 @@ joined by a bridged underlay, one namespace per pod wired like a routed CNI
 on every containerPort, an external namespace on the underlay, and the agent
 in every node namespace. Labs are named (--name), so several can coexist;
 their state lives in ` + lab.Root + `/NAME.`,
-	}
+	})
 	c.PersistentFlags().StringVar(&name, "name", lab.DefaultName, "lab name")
 	c.AddCommand(labUpCmd(&name), labDownCmd(&name), labListCmd(), labApplyCmd(&name, false), labApplyCmd(&name, true), labProbeCmd(&name), labServeCmd(), labForwardCmd())
 	return c

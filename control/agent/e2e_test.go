@@ -589,11 +589,27 @@ func TestAgentEndToEnd(t *testing.T) {
 
 	e.checkOps(t, agent2)
 
-	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP); err != nil {
-		t.Logf("SCTP not checked end to end: kernel has no SCTP sockets (%v)", err)
-	} else {
-		unix.Close(fd)
-		t.Log("SCTP not checked end to end yet (checksum completion is unit-tested)")
+	t.Log("SCTP over raw sockets (rawsctp_e2e_test.go: works without a kernel SCTP stack): an INIT answered by an ABORT got through")
+	initsB, initsC := sctpResponder(t, b.ns), sctpResponder(t, c.ns)
+	for _, ip := range []string{c.v4, c.v6} {
+		expect("deny: a→c SCTP "+hostPort(ip, 7000)+" (c is not isolated)", sctpReached(t, a.ns, ip, 7000, sctpTimeout), true)
+	}
+	for _, ip := range []string{b.v4, b.v6} {
+		expect("deny: a→b SCTP "+hostPort(ip, 7000), sctpReached(t, a.ns, ip, 7000, sctpTimeout), false)
+	}
+	if got := initsB.Load(); got != 0 {
+		t.Errorf("deny: %d SCTP INITs reached b", got)
+	}
+	if initsC.Load() == 0 {
+		t.Error("no SCTP INIT reached c's responder")
+	}
+	n = agent2.count()
+	e.setPolicies(allowASCTP)
+	agent2.waitEnforced(t, n+1)
+	for _, ip := range []string{b.v4, b.v6} {
+		expect("allow SCTP 7000: a→b SCTP "+hostPort(ip, 7000), sctpReached(t, a.ns, ip, 7000, sctpTimeout), true)
+		expect("allow SCTP 7000: a→b SCTP "+hostPort(ip, 7001), sctpReached(t, a.ns, ip, 7001, sctpTimeout), false)
+		expect("allow SCTP 7000: a→b TCP "+hostPort(ip, 8080)+" (SCTP is not TCP)", tcpOK(t, a.ns, hostPort(ip, 8080)), false)
 	}
 
 	t.Log("stop without --keep-on-exit: nothing is left")

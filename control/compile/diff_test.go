@@ -182,6 +182,18 @@ func (st *diffStats) String() string {
 		st.clusters, st.flows, st.allowed, strings.Join(parts, ", "), st.mismatches)
 }
 
+// checkCoverage fails the test unless the flows compared mixed allowed and
+// denied ones, decided by a rule, by no rule matching and by no policy
+// selecting the pod: a generator drifting into clusters where everything
+// is allowed would otherwise pass every comparison and test nothing.
+func (st *diffStats) checkCoverage(t *testing.T) {
+	t.Helper()
+	if st.allowed == 0 || st.allowed == st.flows || st.reasons[ruleset.RuleMatched] == 0 ||
+		st.reasons[ruleset.NoRuleMatched] == 0 || st.reasons[ruleset.NotIsolated] == 0 {
+		t.Errorf("the random flows cover too little: %s", st)
+	}
+}
+
 // diffCluster compares compiled, naive and (when withCyclonus) cyclonus
 // verdicts on n random flows of one generated cluster.
 func diffCluster(t testing.TB, g *gen, label string, n int, withCyclonus bool, st *diffStats) {
@@ -296,6 +308,7 @@ func TestDifferential(t *testing.T) {
 		})
 	}
 	t.Logf("compiled vs naive vs cyclonus: %s, in %v", &total, time.Since(start).Round(time.Millisecond))
+	total.checkCoverage(t)
 }
 
 // TestDifferentialInvalid lets the generator break policies, which compile
@@ -312,4 +325,5 @@ func TestDifferentialInvalid(t *testing.T) {
 		diffCluster(t, g, fmt.Sprintf("invalid seed 42 cluster %d", i), 200, false, &st)
 	}
 	t.Logf("compiled vs naive (invalid policies, other protocols): %s", &st)
+	st.checkCoverage(t)
 }

@@ -132,8 +132,10 @@ metadata:
 		t.Errorf("apply output (-want +got):\n%s", d)
 	}
 	c := loadCluster(t, dir)
+	found := 0
 	for _, ns := range c.Namespaces {
 		if ns.Name == "monitoring" {
+			found++
 			if d := cmp.Diff(map[string]string{"team": "ops", model.NamespaceNameLabel: "monitoring"}, ns.Labels); d != "" {
 				t.Errorf("namespace labels (-want +got):\n%s", d)
 			}
@@ -141,6 +143,7 @@ metadata:
 	}
 	for _, p := range c.Pods {
 		if p.Name == "frontend" {
+			found++
 			if d := cmp.Diff(map[string]string{"app": "frontend", "tier": "web"}, p.Labels); d != "" {
 				t.Errorf("pod labels (-want +got):\n%s", d)
 			}
@@ -148,6 +151,9 @@ metadata:
 				t.Errorf("label change lost other fields: %+v", p)
 			}
 		}
+	}
+	if found != 2 {
+		t.Errorf("found %d of namespace monitoring and pod frontend after apply, want both", found)
 	}
 	if len(c.Pods) != 4 || len(c.Namespaces) != 3 {
 		t.Errorf("cluster has %d pods, %d namespaces; want 4, 3", len(c.Pods), len(c.Namespaces))

@@ -432,6 +432,9 @@ func TestDualStackEnforced(t *testing.T) {
 	// agents' dataplane, both families, same node and across nodes.
 	for _, fam := range []string{"4", "6"} {
 		r := expectEnforced(t, s, time.Now(), lab.ProbeOptions{Family: fam, Ports: []query.Port{{Port: 2905, Proto: ruleset.SCTP}}})
+		if len(r.Observed) == 0 {
+			t.Errorf("IPv%s 2905/SCTP: nothing probed", fam)
+		}
 		for _, o := range r.Observed {
 			if !o.Allowed {
 				t.Errorf("IPv%s %s -> %s 2905/SCTP without policy: %s, want allowed", fam, o.From, o.To, o.Observation)
@@ -588,7 +591,7 @@ func iperfGbps(b *testing.B, iperf string, s *lab.State) float64 {
 		}
 	}
 	srv := exec.Command("ip", "netns", "exec", server.Netns, iperf, "-s", "-1", "-p", "5201")
-	var srvOut bytes.Buffer
+	var srvOut syncBuffer // read below while the server may still write
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := srv.Start(); err != nil {
 		b.Fatal(err)

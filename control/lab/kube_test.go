@@ -456,31 +456,32 @@ spec:
 	}
 	t.Logf("allow (lab apply) enforced %v after the write", d)
 	// kubectl, as a user would: a second policy denies, deleting it allows.
-	if kc, err := exec.LookPath("kubectl"); err == nil {
-		deny := filepath.Join(t.TempDir(), "deny.yaml")
-		os.WriteFile(deny, []byte("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: lat}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress: []\n"), 0o644)
-		// Policies add up: with gate (which allows) gone, deny-b alone
-		// isolates b.
-		if err := l.cs.NetworkingV1().NetworkPolicies("lat").Delete(ctx, "gate", metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		w = time.Now()
-		if out, err := exec.Command(kc, "--kubeconfig", l.s.Kubeconfig, "apply", "-f", deny).CombinedOutput(); err != nil {
-			t.Fatalf("kubectl apply: %v: %s", err, out)
-		}
-		if d, err = p.flipped(w, false, 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("deny (kubectl apply) enforced %v after the write", d)
-		w = time.Now()
-		if out, err := exec.Command(kc, "--kubeconfig", l.s.Kubeconfig, "delete", "-f", deny).CombinedOutput(); err != nil {
-			t.Fatalf("kubectl delete: %v: %s", err, out)
-		}
-		if d, err = p.flipped(w, true, 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("allow (kubectl delete) enforced %v after the write", d)
+	// The one scripts/k8s/build.sh builds with the API server, so that this
+	// part never goes unchecked for want of a kubectl on PATH.
+	kc := filepath.Join(kubetest.CacheDir(), "kubectl")
+	deny := filepath.Join(t.TempDir(), "deny.yaml")
+	os.WriteFile(deny, []byte("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: lat}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress: []\n"), 0o644)
+	// Policies add up: with gate (which allows) gone, deny-b alone
+	// isolates b.
+	if err := l.cs.NetworkingV1().NetworkPolicies("lat").Delete(ctx, "gate", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
+	w = time.Now()
+	if out, err := exec.Command(kc, "--kubeconfig", l.s.Kubeconfig, "apply", "-f", deny).CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v: %s", err, out)
+	}
+	if d, err = p.flipped(w, false, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("deny (kubectl apply) enforced %v after the write", d)
+	w = time.Now()
+	if out, err := exec.Command(kc, "--kubeconfig", l.s.Kubeconfig, "delete", "-f", deny).CombinedOutput(); err != nil {
+		t.Fatalf("kubectl delete: %v: %s", err, out)
+	}
+	if d, err = p.flipped(w, true, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("allow (kubectl delete) enforced %v after the write", d)
 	// The prediction from the API matches what the wire does.
 	if out, err := run("lab", "probe", "--name", l.s.Name, "--expect"); err != nil {
 		t.Errorf("lab probe --expect: %v\n%s", err, out)

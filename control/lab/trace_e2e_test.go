@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +42,25 @@ func agentBody(t *testing.T, socket, path string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// syncBuffer is a bytes.Buffer that a process's output can be copied into
+// (os/exec does so from a goroutine of its own) while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // connect opens a TCP connection from a lab pod to addr (bash's /dev/tcp
@@ -166,7 +187,7 @@ func TestTraceAndExplainLive(t *testing.T) {
 	defer ccancel()
 	cmd := exec.CommandContext(cctx, binary, "trace", "--lab", s.Name, "--node", "node-2", "--follow", "--verdict", "allow")
 	out, _ := cmd.StdoutPipe()
-	var stderr strings.Builder
+	var stderr syncBuffer // written by os/exec's copying goroutine while read here
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

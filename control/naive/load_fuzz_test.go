@@ -89,6 +89,26 @@ status: {podIP: 192.168.0.1}
 	"kind: Pod\n",
 }
 
+// TestLoadSeeds: the seeds meant as valid inputs load with pods and
+// policies, or FuzzLoad's seed run (what `go test` runs) would return
+// before comparing a single flow.
+func TestLoadSeeds(t *testing.T) {
+	for i, s := range loadSeeds[:3] {
+		path := filepath.Join(t.TempDir(), "in.yaml")
+		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		res, err := model.Load(path)
+		if err != nil {
+			t.Errorf("seed %d: %v", i, err)
+			continue
+		}
+		if len(res.Cluster.Pods) == 0 || len(res.Cluster.Policies) == 0 {
+			t.Errorf("seed %d: %d pods, %d policies; want some of each", i, len(res.Cluster.Pods), len(res.Cluster.Policies))
+		}
+	}
+}
+
 // FuzzLoad feeds model.Load fuzzed YAML and JSON: it must never panic,
 // and whatever it accepts must compile without panicking and agree with
 // the naive interpreter on flows between the loaded pods.

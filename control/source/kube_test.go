@@ -151,10 +151,17 @@ func TestKube(t *testing.T) {
 	if fmt.Sprint(c.NodeAddrs) != "[192.0.2.7]" {
 		t.Errorf("NodeAddrs = %v, want [192.0.2.7]", c.NodeAddrs)
 	}
+	nsFound := false
 	for _, n := range c.Namespaces {
-		if n.Name == ns && n.Labels[model.NamespaceNameLabel] != ns {
-			t.Errorf("namespace labels %v", n.Labels)
+		if n.Name == ns {
+			nsFound = true
+			if n.Labels[model.NamespaceNameLabel] != ns || n.Labels["team"] != "a" {
+				t.Errorf("namespace labels %v", n.Labels)
+			}
 		}
+	}
+	if !nsFound {
+		t.Errorf("namespace %s not in the snapshot", ns)
 	}
 
 	// A policy: created, then changed, each change delivered with the time
