@@ -1,13 +1,14 @@
 package agent_test
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xdpolicy/xdpolicy/xdpprog"
 )
 
 // cleanup runs `xdpolicy cleanup` in the node's namespace and returns its
@@ -81,8 +82,9 @@ func TestCleanup(t *testing.T) {
 			t.Errorf("%s: second cleanup: exit %d, %q; want 0, nothing to clean up", how, code, out)
 		}
 		// The pin directory is the test's; it must exist for the next
-		// agent (the env's cleanup removes it at the end).
-		if err := os.MkdirAll(e.bpffs, 0o700); err != nil {
+		// agent (the env's cleanup removes it at the end). Cleanup may
+		// have unmounted the bpffs it was on, if xdpolicy mounted it.
+		if err := xdpprog.PreparePinDir(e.bpffs); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -688,7 +688,9 @@ func (e *env) checkClean(t *testing.T) {
 			}
 			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
 				res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at})
-				if err == nil && len(res.Programs) > 0 {
+				if err != nil {
+					t.Errorf("query %v programs of %s: %v", at, p.host, err)
+				} else if len(res.Programs) > 0 {
 					t.Errorf("%s still has %d %v program(s)", p.host, len(res.Programs), at)
 				}
 			}
