@@ -542,7 +542,7 @@ spec:
 // time from the API write of a NetworkPolicy (an update of lat/gate that
 // flips ingress to pod b between deny and allow) to the first datagram of
 // a running UDP flow a → b, sent every millisecond, that gets the new
-// verdict: p50 and p99 over 50 changes, with the cluster padded with API
+// verdict: p50, p90 and max over 50 changes, with the cluster padded with API
 // objects (pods on no lab node, policies in other namespaces). The 10k
 // pods / 1k policies case runs with XDPOLICY_ROLLOUT_LARGE=1 (creating the
 // objects takes minutes). The agent's own view, the histogram
@@ -568,14 +568,20 @@ func BenchmarkRolloutLatency(b *testing.B) {
 				rolloutResults[sc.name] = r
 			}
 			b.ReportMetric(r.p50, "p50-ms")
-			b.ReportMetric(r.p99, "p99-ms")
+			b.ReportMetric(r.p90, "p90-ms")
 			b.ReportMetric(r.max, "max-ms")
+			b.ReportMetric(rolloutChanges, "samples")
 			b.ReportMetric(r.agentMean, "agent-realization-mean-ms")
 		})
 	}
 }
 
-type rolloutResult struct{ p50, p99, max, agentMean float64 }
+// rolloutChanges is the number of samples: too few for a p99 (that would be
+// the maximum), so the percentiles stop at p90; BenchmarkRolloutUnderChurn
+// takes 500.
+const rolloutChanges = 50
+
+type rolloutResult struct{ p50, p90, max, agentMean float64 }
 
 // rolloutResults: the benchmark function runs more than once per name;
 // the lab is built and measured once.
@@ -594,7 +600,7 @@ func measureRollout(b *testing.B, pods, policies int) rolloutResult {
 	}
 	time.Sleep(time.Second) // let the agents settle after the bulk creation
 	sum0, n0 := realization(b, l)
-	const changes = 50
+	const changes = rolloutChanges
 	var lat []float64
 	if path := os.Getenv("XDPOLICY_ROLLOUT_PROFILE"); path != "" {
 		// A CPU profile of node-2's agent while the changes run.
@@ -652,12 +658,12 @@ func measureRollout(b *testing.B, pods, policies int) rolloutResult {
 	}
 	slices.Sort(lat)
 	q := func(f float64) float64 { return lat[min(len(lat)-1, int(f*float64(len(lat))))] }
-	r := rolloutResult{p50: q(0.5), p99: q(0.99), max: lat[len(lat)-1]}
+	r := rolloutResult{p50: q(0.5), p90: q(0.9), max: lat[len(lat)-1]}
 	if n1 > n0 {
 		r.agentMean = (sum1 - sum0) / (n1 - n0) * 1000
 	}
-	b.Logf("%d pods, %d policies: %d changes, write → first datagram enforced: p50 %.1f ms, p99 %.1f ms, max %.1f ms; agent realization (node-2) mean %.1f ms over %v snapshots; all (ms): %.1f",
-		pods, policies, changes, r.p50, r.p99, r.max, r.agentMean, n1-n0, lat)
+	b.Logf("%d pods, %d policies: %d changes, write → first datagram enforced: p50 %.1f ms, p90 %.1f ms, max %.1f ms; agent realization (node-2) mean %.1f ms over %v snapshots; all (ms): %.1f",
+		pods, policies, changes, r.p50, r.p90, r.max, r.agentMean, n1-n0, lat)
 	if rss, err := agentRSS(l); err == nil {
 		b.Logf("agent RSS: %s", rss)
 	}
