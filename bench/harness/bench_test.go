@@ -78,12 +78,13 @@ func TestBenchSmoke(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"scenario", "policies", "pods", "pps", "none_pps", "nftables_pps", "p50_us", "p99_us", "cpu_s_per_mpkt"} {
+	for _, k := range []string{"scenario", "policies", "pods", "pps", "none_pps", "nftables_pps", "p50_us", "p99_us", "cpu_s_per_mpkt",
+		"sink_policies", "sink_clauses", "probes_sent", "probes_lost", "none_probes_sent", "none_probes_lost", "nftables_probes_sent", "nftables_probes_lost"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON has no %q: %s", k, lines[0])
 		}
 	}
-	for _, k := range []string{"pps", "none_pps", "nftables_pps", "p99_us"} {
+	for _, k := range []string{"pps", "none_pps", "nftables_pps", "p99_us", "sink_policies", "sink_clauses", "probes_sent", "none_probes_sent", "nftables_probes_sent"} {
 		if v, _ := m[k].(float64); v <= 0 {
 			t.Errorf("%s = %v, want > 0: %s", k, m[k], lines[0])
 		}
@@ -114,6 +115,9 @@ func BenchmarkDataplane(b *testing.B) {
 				b.ReportMetric(r.RatioNone, "x_none")
 				b.ReportMetric(r.RatioNft, "x_nftables")
 				b.ReportMetric(r.P99us, "p99_us")
+				b.ReportMetric(float64(r.ProbesLost), "probes_lost")
+				b.ReportMetric(float64(r.NftProbesLost), "nft_probes_lost")
+				b.ReportMetric(float64(r.NoneProbesLost), "none_probes_lost")
 			}
 		})
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/xdpolicy/xdpolicy/bench/nft"
 	"github.com/xdpolicy/xdpolicy/bench/pktgen"
+	"github.com/xdpolicy/xdpolicy/control/compile"
 	"github.com/xdpolicy/xdpolicy/control/model"
 	"github.com/xdpolicy/xdpolicy/control/naive"
 	"github.com/xdpolicy/xdpolicy/control/synth"
@@ -80,14 +81,23 @@ type Result struct {
 	// second), xdpolicy over nftables.
 	RatioNftPerCore float64 `json:"ratio_nftables_per_core"`
 	OfferedPPS      float64 `json:"offered_pps"`
-	// First-packet latency of new flows (probes), in microseconds.
-	P50us      float64 `json:"p50_us"`
-	P99us      float64 `json:"p99_us"`
-	NoneP50us  float64 `json:"none_p50_us"`
-	NoneP99us  float64 `json:"none_p99_us"`
-	NftP50us   float64 `json:"nftables_p50_us"`
-	NftP99us   float64 `json:"nftables_p99_us"`
-	ProbesLost int     `json:"probes_lost"`
+	// First-packet latency of new flows (probes), in microseconds: the
+	// percentiles of the probes received in all repetitions together.
+	P50us     float64 `json:"p50_us"`
+	P99us     float64 `json:"p99_us"`
+	NoneP50us float64 `json:"none_p50_us"`
+	NoneP99us float64 `json:"none_p99_us"`
+	NftP50us  float64 `json:"nftables_p50_us"`
+	NftP99us  float64 `json:"nftables_p99_us"`
+	// Probes sent to each dataplane over all repetitions, and those of
+	// them never received (they count in no percentile; the CDF plot is
+	// over the probes sent, so it ends below 1 by the fraction lost).
+	ProbesSent     int `json:"probes_sent"`
+	ProbesLost     int `json:"probes_lost"`
+	NoneProbesSent int `json:"none_probes_sent"`
+	NoneProbesLost int `json:"none_probes_lost"`
+	NftProbesSent  int `json:"nftables_probes_sent"`
+	NftProbesLost  int `json:"nftables_probes_lost"`
 	// CPU seconds per million delivered packets: of the agent process
 	// (utime+stime) and of the whole machine (/proc/stat busy time).
 	CPUsPerMpkt        float64 `json:"cpu_s_per_mpkt"`
@@ -108,61 +118,199 @@ type Result struct {
 	RepsNone  []float64 `json:"reps_none_pps"`
 	RepsNft   []float64 `json:"reps_nftables_pps"`
 	Profile   string    `json:"profile,omitempty"`
-	// Latencies (µs) of the last repetition's probes, for the plots.
-	LatencyUS    []float64 `json:"-"`
-	NftLatencyUS []float64 `json:"-"`
+	// What the policies axis changes: the policies selecting the sink
+	// and the clauses of its compiled ingress table.
+	SinkPolicies int `json:"sink_policies"`
+	SinkClauses  int `json:"sink_clauses"`
+	// Latencies (µs) of the probes received in all repetitions, for the
+	// plots.
+	LatencyUS     []float64 `json:"-"`
+	NoneLatencyUS []float64 `json:"-"`
+	NftLatencyUS  []float64 `json:"-"`
 }
 
-// Cluster is the benchmark's model: the synthetic cluster, the generator
-// and sink pods on the bench node, and the policy that admits the
-// generator's flows into the sink. The sink is in ns-0 with the labels of
-// app-0, so the synthetic policies selecting app-0 in ns-0 select it too.
+// Scale of the benchmark's model beyond the --policies and --pods axes.
+const (
+	// CIDRs is the number of ipBlock CIDRs (with an except hole each)
+	// spread over the synthetic policies, whatever their number.
+	CIDRs = 10000
+	// HotShare: one policy in HotShare selects the sink (with at least
+	// one); the others are spread over the cluster.
+	HotShare = 2
+)
+
+// HotPolicies is the number of policies selecting the sink at a given
+// policy count.
+func HotPolicies(policies int) int { return max(1, policies/HotShare) }
+
+// Cluster is the benchmark's model: the synthetic cluster (control/synth,
+// CIDRs ipBlocks) and the generator and sink pods on the bench node. The
+// sink is in ns-0 with the labels of app-0, and HotPolicies(policies) of
+// the synthetic policies select app-0 in ns-0, so the policies axis sets
+// how many policies, and how many clauses, the sink's ingress is decided
+// by. Each of those policies has three ingress rules: synth's (pods of an
+// app, pods of a team's namespaces, ipBlocks with holes, numeric, ranged
+// and named ports), its share of the generator's addresses (genRule) and
+// the denied port for others (deniedRule). So every generator flow, the
+// allowed and the denied ones, is decided by those rules: no single policy
+// admits the generator.
 func Cluster(policies, pods int, seed uint64) *model.Cluster {
-	c := synth.Cluster(synth.Params{Pods: pods, Policies: policies, CIDRs: policies, Seed: seed})
+	hot := HotPolicies(policies)
+	c := synth.Cluster(synth.Params{Pods: pods, Policies: policies, CIDRs: CIDRs, Seed: seed, Hot: hot,
+		HotRules: func(i int) []networkingv1.NetworkPolicyIngressRule {
+			return []networkingv1.NetworkPolicyIngressRule{genRule(i, hot), deniedRule(i)}
+		}})
 	ns := &corev1.Namespace{}
 	ns.Name = "bench-gen"
 	c.Add(ns)
-	mk := func(ns, name string, ip string, lbl map[string]string) *corev1.Pod {
+	mk := func(ns, name string, ip string, lbl map[string]string, ports ...corev1.ContainerPort) *corev1.Pod {
 		p := &corev1.Pod{}
 		p.Namespace, p.Name, p.Labels = ns, name, lbl
 		p.Spec.NodeName = NodeName
-		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "load", ContainerPort: LoadPort, Protocol: corev1.ProtocolUDP}}}}
+		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: ports}}
 		p.Status.Phase = corev1.PodRunning
 		p.Status.PodIP = ip
 		p.Status.PodIPs = []corev1.PodIP{{IP: ip}}
 		return p
 	}
-	c.Add(mk("bench-gen", "gen", GenIP.String(), map[string]string{"app": "generator"}))
-	c.Add(mk("ns-0", "sink", SinkIP.String(), map[string]string{"app": "app-0", "tier": "web", "bench": "sink"}))
-	np := &networkingv1.NetworkPolicy{}
-	np.Namespace, np.Name = "ns-0", "bench-admit-generator"
-	np.Spec.PodSelector = metav1.LabelSelector{MatchLabels: map[string]string{"bench": "sink"}}
 	udp, tcp := corev1.ProtocolUDP, corev1.ProtocolTCP
-	lp, pp := intstr.FromInt32(LoadPort), intstr.FromInt32(ProbePort)
-	np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
-		From:  []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: GenPrefix.String()}}},
-		Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &lp}, {Protocol: &tcp, Port: &lp}, {Protocol: &udp, Port: &pp}},
-	}}
-	c.Add(np)
+	c.Add(mk("bench-gen", "gen", GenIP.String(), map[string]string{"app": "generator"},
+		corev1.ContainerPort{Name: "load", ContainerPort: LoadPort, Protocol: udp}))
+	c.Add(mk("ns-0", "sink", SinkIP.String(), map[string]string{"app": "app-0", "tier": "web", "bench": "sink"},
+		corev1.ContainerPort{Name: "load", ContainerPort: LoadPort, Protocol: udp},
+		corev1.ContainerPort{Name: "load-tcp", ContainerPort: LoadPort, Protocol: tcp},
+		corev1.ContainerPort{Name: "probe", ContainerPort: ProbePort, Protocol: udp}))
 	c.Complete()
 	return c
 }
 
-// checkModel asserts that the model itself allows the generator's flows
-// and denies the denied port: the dataplanes are then checked against it.
+// genRule is hot policy i's (of n) share of the generator's addresses:
+// GenPrefix is cut into a power of two ≥ n pieces (at most 2^14, /30s),
+// policy i owns pieces i, i+n, …, each with its first quarter as an except
+// hole, and admits the holes of policy i-1's pieces; so every generator
+// address is admitted by exactly one policy (two when n is 1), spread over
+// the whole clause list. Ports: the sink's named ports "load" (UDP),
+// "load-tcp" and "probe"; peers also include pods of two apps in a team's
+// namespaces.
+func genRule(i, n int) networkingv1.NetworkPolicyIngressRule {
+	bits := GenPrefix.Bits()
+	for bits < 30 && 1<<(bits-GenPrefix.Bits()) < n {
+		bits++
+	}
+	pieces := 1 << (bits - GenPrefix.Bits())
+	base := GenPrefix.Addr().As4()
+	piece := func(j int) netip.Prefix {
+		a := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(j)<<(32-bits)
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}), bits)
+	}
+	hole := func(j int) netip.Prefix { return netip.PrefixFrom(piece(j).Addr(), bits+2) }
+	r := networkingv1.NetworkPolicyIngressRule{
+		From: []networkingv1.NetworkPolicyPeer{{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("team-%d", i%10)}},
+			PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+				{Key: "app", Operator: metav1.LabelSelectorOpIn, Values: []string{fmt.Sprintf("app-%d", i%synth.Apps), fmt.Sprintf("app-%d", (i+7)%synth.Apps)}},
+			}},
+		}},
+		Ports: []networkingv1.NetworkPolicyPort{namedPort(corev1.ProtocolUDP, "load"), namedPort(corev1.ProtocolTCP, "load-tcp"), namedPort(corev1.ProtocolUDP, "probe")},
+	}
+	prev := (i + n - 1) % n
+	for j := range pieces {
+		if j%n == i {
+			r.From = append(r.From, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: piece(j).String(), Except: []string{hole(j).String()}}})
+		}
+		if j%n == prev {
+			r.From = append(r.From, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: hole(j).String()}})
+		}
+	}
+	return r
+}
+
+// deniedRule admits DeniedPort (in a UDP range around it) from the prod
+// namespaces and from 10.0.0.0/8 except the generator's and the sink's
+// /16s: the denied probes find clauses for their port and clauses for
+// their address, never one clause with both.
+func deniedRule(i int) networkingv1.NetworkPolicyIngressRule {
+	udp := corev1.ProtocolUDP
+	lo, hi := intstr.FromInt32(DeniedPort-500+int32(i%100)), int32(DeniedPort+500)
+	return networkingv1.NetworkPolicyIngressRule{
+		From: []networkingv1.NetworkPolicyPeer{
+			{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}},
+			{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8", Except: []string{GenPrefix.String(), netip.PrefixFrom(SinkIP, 16).Masked().String()}}},
+		},
+		Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &lo, EndPort: &hi}},
+	}
+}
+
+func namedPort(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
+	p := intstr.FromString(name)
+	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &p}
+}
+
+// modelProbes are the generator's flows the model is checked on: sources
+// spread over GenPrefix (the generator pod, holes, piece edges).
+func modelProbes() []netip.Addr {
+	return []netip.Addr{GenIP, netip4(10, 250, 0, 0), netip4(10, 250, 7, 7), netip4(10, 250, 64, 1), netip4(10, 250, 128, 200),
+		netip4(10, 250, 191, 255), netip4(10, 250, 200, 3), netip4(10, 250, 255, 255)}
+}
+
+// checkModel asserts that the model itself (the reference interpreter,
+// control/naive) allows the generator's flows and denies the denied port,
+// for sources over the whole generator prefix: the dataplanes are then
+// checked against it.
+//
+// The interpreter walks every pod for every selector peer, too slow for
+// 10k pods and 1000 policies; an ingress verdict depends only on the sink,
+// the owner of the source address, the namespaces and the sink's
+// namespace's policies, so it runs on that sub-cluster once no other pod
+// is found to own a generator address.
 func checkModel(c *model.Cluster) error {
 	sink := naive.Owner(c, SinkIP)
-	src := netip4(10, 250, 7, 7)
-	for _, tc := range []struct {
-		port  uint16
-		proto ruleset.Proto
-		want  bool
-	}{{LoadPort, ruleset.UDP, true}, {LoadPort, ruleset.TCP, true}, {ProbePort, ruleset.UDP, true}, {DeniedPort, ruleset.UDP, false}} {
-		if got := naive.Decide(c, sink, ruleset.Ingress, src, tc.proto, tc.port); got != tc.want {
-			return fmt.Errorf("model: %s → sink %d/%s allowed=%v, want %v", src, tc.port, tc.proto, got, tc.want)
+	if sink == nil {
+		return fmt.Errorf("model: no pod owns the sink's address %s", SinkIP)
+	}
+	sub := &model.Cluster{Namespaces: c.Namespaces}
+	for _, p := range c.Pods {
+		ips, _ := model.PodIPs(p)
+		if p == sink || slices.ContainsFunc(ips, GenPrefix.Contains) {
+			if p != sink && p.Status.PodIP != GenIP.String() {
+				return fmt.Errorf("model: pod %s/%s has a generator address", p.Namespace, p.Name)
+			}
+			sub.Pods = append(sub.Pods, p)
+		}
+	}
+	for _, p := range c.Policies {
+		if p.Namespace == sink.Namespace {
+			sub.Policies = append(sub.Policies, p)
+		}
+	}
+	for _, src := range modelProbes() {
+		for _, tc := range []struct {
+			port  uint16
+			proto ruleset.Proto
+			want  bool
+		}{{LoadPort, ruleset.UDP, true}, {LoadPort, ruleset.TCP, true}, {ProbePort, ruleset.UDP, true}, {DeniedPort, ruleset.UDP, false}} {
+			if got := naive.Decide(sub, sink, ruleset.Ingress, src, tc.proto, tc.port); got != tc.want {
+				return fmt.Errorf("model: %s → sink %d/%s allowed=%v, want %v", src, tc.port, tc.proto, got, tc.want)
+			}
 		}
 	}
 	return nil
+}
+
+// sinkTable compiles the model as the agent will and returns the size of
+// the sink's ingress table: the policies selecting the sink and their
+// clauses.
+func sinkTable(c *model.Cluster) (policies, clauses int, err error) {
+	rs, problems := compile.Compile(c)
+	if len(problems) > 0 {
+		return 0, 0, fmt.Errorf("model: %v", problems[0])
+	}
+	id, ok := rs.PodByIP(SinkIP)
+	if !ok || rs.Pods[id].Tables[ruleset.Ingress] == nil {
+		return 0, 0, fmt.Errorf("model: the sink is not isolated")
+	}
+	t := rs.Pods[id].Tables[ruleset.Ingress]
+	return len(t.Policies), len(t.Clauses), nil
 }
 
 // writeCluster writes the agent's YAML: namespaces and pods, policies.
@@ -207,8 +355,8 @@ type phase struct {
 	machineCPU, agentCPU float64 // seconds
 	delivered            uint64
 	elapsed              time.Duration
-	lat                  []time.Duration
-	lost                 int
+	lat                  []time.Duration // of the probes received
+	sent, lost           int             // probes sent, and never received
 	overOffered, overPPS float64
 }
 
@@ -235,6 +383,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	c := Cluster(o.Policies, o.Pods, o.Seed)
 	if err := checkModel(c); err != nil {
+		return nil, err
+	}
+	sinkPolicies, sinkClauses, err := sinkTable(c)
+	if err != nil {
 		return nil, err
 	}
 	script, nst, err := nft.Render(c)
@@ -275,7 +427,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	b := &bencher{o: o, t: t, gen: gen, probe: probe, ok: sinkOK, deny: sinkDeny}
 	res := &Result{Scenario: o.Scenario, Proto: o.Proto.String(), Policies: o.Policies, Pods: o.Pods, Reps: o.Reps,
-		DurationS: o.Duration.Seconds(), Workers: o.Workers, NftSets: nst.Sets, NftChains: nst.Chains}
+		DurationS: o.Duration.Seconds(), Workers: o.Workers, NftSets: nst.Sets, NftChains: nst.Chains,
+		SinkPolicies: sinkPolicies, SinkClauses: sinkClauses}
 	var none, nf, ag []phase
 	var checks []string
 	for rep := range o.Reps {
@@ -351,12 +504,21 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	res.OverloadOffered = median(get(ag, func(p phase) float64 { return p.overOffered }))
 	res.OverloadPPS = median(get(ag, func(p phase) float64 { return p.overPPS }))
 	res.OverloadRatio = ratio(res.OverloadPPS, res.PPS)
-	last := func(ps []phase) []time.Duration { return ps[len(ps)-1].lat }
-	res.P50us, res.P99us = pct(last(ag), 50), pct(last(ag), 99)
-	res.NoneP50us, res.NoneP99us = pct(last(none), 50), pct(last(none), 99)
-	res.NftP50us, res.NftP99us = pct(last(nf), 50), pct(last(nf), 99)
-	res.ProbesLost = ag[len(ag)-1].lost
-	res.LatencyUS, res.NftLatencyUS = us(last(ag)), us(last(nf))
+	// Latency over every repetition's probes, and every lost probe.
+	probes := func(ps []phase) (lat []time.Duration, sent, lost int) {
+		for _, p := range ps {
+			lat = append(lat, p.lat...)
+			sent += p.sent
+			lost += p.lost
+		}
+		return lat, sent, lost
+	}
+	lat, sent, lost := probes(ag)
+	res.P50us, res.P99us, res.ProbesSent, res.ProbesLost, res.LatencyUS = pct(lat, 50), pct(lat, 99), sent, lost, us(lat)
+	lat, sent, lost = probes(none)
+	res.NoneP50us, res.NoneP99us, res.NoneProbesSent, res.NoneProbesLost, res.NoneLatencyUS = pct(lat, 50), pct(lat, 99), sent, lost, us(lat)
+	lat, sent, lost = probes(nf)
+	res.NftP50us, res.NftP99us, res.NftProbesSent, res.NftProbesLost, res.NftLatencyUS = pct(lat, 50), pct(lat, 99), sent, lost, us(lat)
 	return res, nil
 }
 
@@ -469,10 +631,11 @@ func (b *bencher) measure(ctx context.Context, name string, a *Agent, enforcing 
 	// First-packet latency: every probe a new flow, paced.
 	time.Sleep(50 * time.Millisecond)
 	b.ok.Reset()
-	b.probe.Run(ctx, pktgen.Spec{Mode: pktgen.NewFlows, DstPort: ProbePort, Count: uint64(b.o.LatencyProbes), Rate: b.o.LatencyRate})
+	st := b.probe.Run(ctx, pktgen.Spec{Mode: pktgen.NewFlows, DstPort: ProbePort, Count: uint64(b.o.LatencyProbes), Rate: b.o.LatencyRate})
 	time.Sleep(100 * time.Millisecond)
 	n, lat := b.ok.Got()
-	p.lat, p.lost = lat, b.o.LatencyProbes-n
+	p.lat, p.sent = lat, int(st.Sent)
+	p.lost = max(0, p.sent-n)
 	return p, nil
 }
 

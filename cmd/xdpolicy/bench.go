@@ -30,7 +30,17 @@ func benchCmd() *cobra.Command {
 		Long: `Builds a node namespace with a generator pod and a sink pod, runs the
 AF_XDP generator against it with no enforcement, with the same policies
 compiled to nftables, and with the xdpolicy agent, and prints one JSON object
-(or table row) per scenario and scale. See bench/results/README.md.`,
+(or table row) per scenario and scale.
+
+The cluster is synthetic: --pods pods (objects only) and --policies
+policies, half of which (at least one) are written to select the sink, each
+with rules over many pod identities, its share of the 10k ipBlock CIDRs
+(with except holes), named ports, a share of the generator's addresses and
+the denied port for other peers; so the policies axis sets how many clauses
+decide every generated flow. pps figures are medians over --reps (with min
+and max); first-packet latency percentiles are over every repetition's
+probes, and lost probes are counted for each dataplane. See
+bench/README.md.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if output != "json" && output != "table" {
@@ -105,16 +115,16 @@ compiled to nftables, and with the xdpolicy agent, and prints one JSON object
 	}
 	f := c.Flags()
 	f.StringSliceVar(&scenarios, "scenario", []string{harness.NewFlows}, "new-flows, established, fastpath-off (comma-separated or repeated), or all")
-	f.IntSliceVar(&policies, "policies", []int{10}, "synthetic NetworkPolicies (comma-separated for a matrix)")
+	f.IntSliceVar(&policies, "policies", []int{10}, "synthetic NetworkPolicies, half of them written to select the sink (comma-separated for a matrix)")
 	f.IntSliceVar(&pods, "pods", []int{100}, "synthetic pods, objects only (comma-separated for a matrix)")
 	f.DurationVar(&duration, "duration", 2*time.Second, "length of each measurement")
-	f.IntVar(&reps, "reps", 1, "repetitions (median and min/max reported)")
+	f.IntVar(&reps, "reps", 1, "repetitions (pps: median and min/max; latency: percentiles over all of them)")
 	f.Uint64Var(&seed, "seed", 1, "seed of the synthetic cluster and of the generator's flows")
 	f.StringVar(&proto, "proto", "udp", "load: udp (64-byte datagrams) or tcp (SYNs)")
 	f.IntVar(&flows, "flows", 256, "flows of the established and fastpath-off scenarios")
 	f.IntVar(&workers, "workers", 0, "agent --workers (default one per CPU)")
 	f.StringVarP(&output, "output", "o", "json", "json (one object per line) or table (Markdown)")
-	f.StringVar(&resultsDir, "results-dir", "", "also write results.json, results.md and PNG plots here")
+	f.StringVar(&resultsDir, "results-dir", "", "also write results.json, results.md and the charts ("+harness.PPSPlot+", "+harness.LatencyPlot+") here")
 	f.StringVar(&profileDir, "profile", "", "save a CPU profile of the agent (its /debug/pprof/profile) per run here")
 	f.StringVar(&binary, "binary", "", "xdpolicy executable to run the agent from (default: this one)")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")

@@ -23,6 +23,15 @@ type Params struct {
 	// (half IPv4, half IPv6).
 	CIDRs int
 	Seed  uint64
+	// Hot is how many of the policies (the first Hot) select the same
+	// pods, app-0 in ns-0, as many teams' policies select a popular
+	// backend, instead of being spread over the namespaces and apps; 0
+	// spreads them all. The bench harness puts its sink among those pods,
+	// so that its policies axis changes what is enforced on the sink.
+	Hot int
+	// HotRules, if set, returns more ingress rules for the i-th hot policy
+	// (0 ≤ i < Hot), appended after the generated one.
+	HotRules func(i int) []networkingv1.NetworkPolicyIngressRule
 }
 
 // Apps is the number of app labels per namespace; pods of one app share
@@ -33,7 +42,7 @@ const Apps = 20
 // labelled app/tier like Deployments, and policies that select an app and
 // admit other apps of their namespace, apps of other teams' namespaces, and
 // ipBlocks, on numeric, ranged and named ports; a quarter also restrict
-// egress.
+// egress. The first p.Hot policies all select app-0 in ns-0.
 func Cluster(p Params) *model.Cluster {
 	r := rand.New(rand.NewPCG(p.Seed, 0x9e3779b97f4a7c15))
 	c := &model.Cluster{}
@@ -68,10 +77,13 @@ func Cluster(p Params) *model.Cluster {
 	made := 0
 	for i := range p.Policies {
 		np := &networkingv1.NetworkPolicy{}
-		ns := i % nns
+		ns, app := i%nns, (i/nns)%Apps
+		if i < p.Hot {
+			ns, app = 0, 0
+		}
 		np.Namespace = fmt.Sprintf("ns-%d", ns)
 		np.Name = fmt.Sprintf("policy-%d", i)
-		np.Spec.PodSelector = metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", (i/nns)%Apps)}}
+		np.Spec.PodSelector = metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", app)}}
 		rule := networkingv1.NetworkPolicyIngressRule{
 			From: []networkingv1.NetworkPolicyPeer{
 				{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", r.IntN(Apps))}}},
@@ -94,6 +106,9 @@ func Cluster(p Params) *model.Cluster {
 			made++
 		}
 		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rule}
+		if i < p.Hot && p.HotRules != nil {
+			np.Spec.Ingress = append(np.Spec.Ingress, p.HotRules(i)...)
+		}
 		if i%4 == 0 {
 			np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{
 				To: []networkingv1.NetworkPolicyPeer{
