@@ -49,7 +49,10 @@ type pod struct {
 type identity struct {
 	ns     string
 	labels labels.Set
-	pods   []int
+	ports  []model.ContainerPort
+	// pods are the pods of the identity; an incremental change may
+	// leave it empty (it then stays until the next full compile).
+	pods []int
 }
 
 type compiler struct {
@@ -70,6 +73,13 @@ type compiler struct {
 	selected   [2][][]int32 // per direction and pod: the policies selecting it
 	tables     map[string]*tableEntry
 	rs         *ruleset.Ruleset
+
+	// Changes to addrs since it was built or merged
+	// (incremental_pods.go): new entries, and entries that are gone.
+	addrsNew  []addrPod
+	addrsGone map[addrPod]bool
+	// inc is what the incremental path adds (incremental.go).
+	inc *incState
 }
 
 // selection is one evaluated selector: the identities it picks among the
@@ -77,13 +87,39 @@ type compiler struct {
 type selection struct {
 	namespaces []string
 	sel        labels.Selector
-	idents     []uint32
+	// nsSel picks the namespaces (nil: the policy's own namespace only).
+	nsSel  labels.Selector
+	idents []uint32 // ascending
+	// has is idents as a bitset, built on first use by picks (the
+	// incremental path asks often) and dropped when idents change.
+	has []uint64
 }
+
+// picks reports whether the selection picks identity id.
+func (s *selection) picks(id uint32) bool {
+	if s.has == nil {
+		s.has = make([]uint64, 1, 1+len(s.idents)/32)
+		for _, x := range s.idents {
+			for int(x/64) >= len(s.has) {
+				s.has = append(s.has, 0)
+			}
+			s.has[x/64] |= 1 << (x % 64)
+		}
+	}
+	return int(id/64) < len(s.has) && s.has[id/64]&(1<<(id%64)) != 0
+}
+
+// setIdents replaces the identities the selection picks (a new list:
+// rules built from the old one keep it).
+func (s *selection) setIdents(ids []uint32) { s.idents, s.has = ids, nil }
 
 // policy is one NetworkPolicy with its selectors evaluated.
 type policy struct {
-	id      int32
-	obj     *networkingv1.NetworkPolicy
+	id  int32
+	obj *networkingv1.NetworkPolicy // nil: deleted (incremental.go)
+	// podSel is spec.podSelector, nil when it does not parse (then the
+	// policy selects every pod of its namespace, failing closed).
+	podSel  labels.Selector
 	types   [2]bool
 	rules   [2][]rule
 	invalid bool
@@ -105,7 +141,10 @@ type rule struct {
 	index  int32
 	all    bool // no peers listed: every address
 	blocks []ruleset.Block
-	idents []uint32 // identities picked by selectors
+	// idents are the identities its selectors pick, ascending; when
+	// stale, identList computes them again from sels.
+	idents []uint32
+	stale  bool
 	sels   []*selection
 	ports  []ruleset.PortRange
 	named  []namedPort
@@ -146,6 +185,19 @@ func newCompiler(c *model.Cluster) *compiler {
 
 // identity finds or creates the identity of a peer pod.
 func (k *compiler) identity(ns string, lbls map[string]string, ports []model.ContainerPort) (id uint32, created bool) {
+	key := identKey(ns, lbls, ports)
+	if id, ok := k.identByKey[key]; ok {
+		return id, false
+	}
+	id = uint32(len(k.idents))
+	k.identByKey[key] = id
+	k.idents = append(k.idents, identity{ns: ns, labels: labels.Set(lbls), ports: ports})
+	k.byNS[ns] = append(k.byNS[ns], id)
+	return id, true
+}
+
+// identKey is what tells identities apart: namespace, labels and ports.
+func identKey(ns string, lbls map[string]string, ports []model.ContainerPort) string {
 	var key strings.Builder
 	key.WriteString(ns)
 	key.WriteByte(0)
@@ -157,14 +209,7 @@ func (k *compiler) identity(ns string, lbls map[string]string, ports []model.Con
 		key.WriteString(strconv.Itoa(int(cp.Port)))
 		key.WriteString(string(cp.Protocol))
 	}
-	if id, ok := k.identByKey[key.String()]; ok {
-		return id, false
-	}
-	id = uint32(len(k.idents))
-	k.identByKey[key.String()] = id
-	k.idents = append(k.idents, identity{ns: ns, labels: labels.Set(lbls)})
-	k.byNS[ns] = append(k.byNS[ns], id)
-	return id, true
+	return key.String()
 }
 
 func (k *compiler) run() (*ruleset.Ruleset, []Problem) {
@@ -223,6 +268,10 @@ func serviceIPs(svcs []*corev1.Service) []netip.Addr {
 type tableEntry struct {
 	t    *ruleset.Table
 	meta []clauseMeta
+	// What it was built from (k.table's arguments), to build it again.
+	dir      ruleset.Direction
+	ids      []int32
+	resolved map[namedPort][]uint16
 }
 
 // clauseMeta says which identities a clause picks: those its rule picks,
@@ -335,13 +384,13 @@ func (k *compiler) table(dir ruleset.Direction, ids []int32, resolved map[namedP
 			}
 		}
 	}
-	return &tableEntry{t: ruleset.NewTable(dir, ids, specs), meta: meta}
+	return &tableEntry{t: ruleset.NewTable(dir, ids, specs), meta: meta, dir: dir, ids: ids, resolved: resolved}
 }
 
 func (r *rule) spec(policy int32) ruleset.ClauseSpec {
 	s := ruleset.ClauseSpec{
 		Clause:   ruleset.Clause{Policy: policy, Rule: r.index},
-		Idents:   r.idents,
+		Idents:   r.identList(),
 		Blocks:   r.blocks,
 		AllPorts: r.any,
 		Ports:    slices.Clip(r.ports),
@@ -390,7 +439,7 @@ func (k *compiler) egressSpecs(p *policy) ([]ruleset.ClauseSpec, []clauseMeta) {
 			for _, pi := range k.resolvedIdents(np) {
 				ids := pi.idents
 				if !r.all {
-					ids = intersect(r.idents, ids)
+					ids = intersect(r.identList(), ids)
 				}
 				if len(ids) > 0 {
 					s := clause(np, pi.port)
@@ -401,7 +450,7 @@ func (k *compiler) egressSpecs(p *policy) ([]ruleset.ClauseSpec, []clauseMeta) {
 		if !r.all {
 			for _, ap := range k.podsInBlocks(r.blocks) {
 				pod := &k.pods[ap.pod]
-				if _, picked := slices.BinarySearch(r.idents, pod.ident); picked {
+				if r.picks(pod.ident) {
 					continue
 				}
 				for _, np := range r.named {
@@ -443,10 +492,9 @@ func (k *compiler) resolvedIdents(np namedPort) []portIdents {
 	}
 	var out []portIdents
 	for id := range k.idents {
-		if len(k.idents[id].pods) == 0 {
-			continue // emptied by SetPodLabels
-		}
-		for _, port := range resolve(k.pods[k.idents[id].pods[0]].ports, np) {
+		// Identities emptied by incremental changes are kept: a pod may
+		// join them again, and tables treat them as any other.
+		for _, port := range resolve(k.idents[id].ports, np) {
 			i := slices.IndexFunc(out, func(p portIdents) bool { return p.port == port })
 			if i < 0 {
 				i = len(out)
@@ -504,8 +552,13 @@ func (k *compiler) podsInBlocks(bs []ruleset.Block) []addrPod {
 	for _, b := range bs {
 		i, _ := slices.BinarySearchFunc(k.addrs, b.Prefix.Addr(), func(x addrPod, a netip.Addr) int { return x.addr.Compare(a) })
 		for ; i < len(k.addrs) && b.Prefix.Contains(k.addrs[i].addr); i++ {
-			if inBlocks([]ruleset.Block{b}, k.addrs[i].addr) && !slices.Contains(out, k.addrs[i]) {
+			if inBlocks([]ruleset.Block{b}, k.addrs[i].addr) && !k.addrsGone[k.addrs[i]] && !slices.Contains(out, k.addrs[i]) {
 				out = append(out, k.addrs[i])
+			}
+		}
+		for _, ap := range k.addrsNew {
+			if inBlocks([]ruleset.Block{b}, ap.addr) && !slices.Contains(out, ap) {
+				out = append(out, ap)
 			}
 		}
 	}
@@ -525,6 +578,9 @@ func inBlocks(bs []ruleset.Block, a netip.Addr) bool {
 // selection and policy types but admits nothing.
 func (k *compiler) policy(id int32, o *networkingv1.NetworkPolicy) *policy {
 	p := &policy{id: id, obj: o}
+	if sel, err := metav1.LabelSelectorAsSelector(&o.Spec.PodSelector); err == nil {
+		p.podSel = sel
+	}
 	p.types[ruleset.Ingress] = model.HasType(o, networkingv1.PolicyTypeIngress)
 	p.types[ruleset.Egress] = model.HasType(o, networkingv1.PolicyTypeEgress)
 	if err := model.ValidatePolicy(o); err != nil {
@@ -592,6 +648,29 @@ func (k *compiler) rule(ns string, index int32, peers []networkingv1.NetworkPoli
 	return r
 }
 
+// identList returns the identities the rule's selectors pick, ascending.
+func (r *rule) identList() []uint32 {
+	if r.stale {
+		var ids []uint32
+		for _, s := range r.sels {
+			ids = append(ids, s.idents...)
+		}
+		slices.Sort(ids)
+		r.idents, r.stale = slices.Compact(ids), false
+	}
+	return r.idents
+}
+
+// picks reports whether one of the rule's selectors picks identity id.
+func (r *rule) picks(id uint32) bool {
+	for _, s := range r.sels {
+		if s.picks(id) {
+			return true
+		}
+	}
+	return false
+}
+
 func mustCIDR(s string) netip.Prefix {
 	p, err := model.ParseCIDR(s)
 	if err != nil {
@@ -608,7 +687,7 @@ func (k *compiler) selectPods(o *networkingv1.NetworkPolicy) []uint32 {
 	if err != nil {
 		return k.byNS[o.Namespace]
 	}
-	return k.match(o.Namespace+"\x00"+sel.String(), []string{o.Namespace}, sel).idents
+	return k.match(o.Namespace+"\x00"+sel.String(), []string{o.Namespace}, nil, sel).idents
 }
 
 // selectPeers evaluates one peer's selectors: namespaceSelector alone picks
@@ -618,6 +697,7 @@ func (k *compiler) selectPods(o *networkingv1.NetworkPolicy) []uint32 {
 func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) *selection {
 	namespaces := []string{ns}
 	nsKey := ns
+	var nss labels.Selector
 	if nsSel != nil {
 		s, err := metav1.LabelSelectorAsSelector(nsSel)
 		if err != nil {
@@ -630,6 +710,7 @@ func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) *
 			}
 		}
 		nsKey = "ns:" + s.String()
+		nss = s
 	}
 	ps := labels.Everything()
 	if podSel != nil {
@@ -639,14 +720,14 @@ func (k *compiler) selectPeers(ns string, nsSel, podSel *metav1.LabelSelector) *
 		}
 		ps = s
 	}
-	return k.match(nsKey+"\x00"+ps.String(), namespaces, ps)
+	return k.match(nsKey+"\x00"+ps.String(), namespaces, nss, ps)
 }
 
-func (k *compiler) match(key string, namespaces []string, sel labels.Selector) *selection {
+func (k *compiler) match(key string, namespaces []string, nsSel, sel labels.Selector) *selection {
 	if r, ok := k.selCache[key]; ok {
 		return r
 	}
-	r := &selection{namespaces: namespaces, sel: sel}
+	r := &selection{namespaces: namespaces, sel: sel, nsSel: nsSel}
 	for _, ns := range namespaces {
 		for _, id := range k.byNS[ns] {
 			if sel.Matches(k.idents[id].labels) {
@@ -654,6 +735,7 @@ func (k *compiler) match(key string, namespaces []string, sel labels.Selector) *
 			}
 		}
 	}
+	slices.Sort(r.idents) // kept sorted by incremental changes
 	k.selCache[key] = r
 	return r
 }

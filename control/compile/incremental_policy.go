@@ -1,91 +1,112 @@
 package compile
 
 import (
-	"errors"
 	"slices"
-	"strconv"
-	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
 )
 
-// ErrNotIncremental says a change cannot be applied to the last compile;
-// compile the cluster again with Compile.
-var ErrNotIncremental = errors.New("change needs a full compile")
-
-// SetPolicy returns the last ruleset as it would be compiled with one
-// existing NetworkPolicy (same namespace and name) replaced by o, which
-// must be defaulted. Only the policy itself is evaluated again and only the
-// tables of the pods it selected before or selects now are rebuilt; the
-// result equals a full compile of the changed cluster (the tests check
-// this). A policy not in the last compile is ErrNotIncremental: adding or
-// removing one renumbers the policies.
+// SetPolicy returns the last ruleset with NetworkPolicy o (defaulted) added
+// or replacing the policy of that namespace and name (Apply with one
+// change). Only the policy itself is evaluated and only the tables of the
+// pods it selected before or selects now are looked up or built again.
 func (c *Compiler) SetPolicy(o *networkingv1.NetworkPolicy) (*ruleset.Ruleset, []Problem, error) {
-	k := c.k
-	if k == nil {
-		return nil, nil, ErrNotIncremental
-	}
-	id := slices.IndexFunc(k.c.Policies, func(p *networkingv1.NetworkPolicy) bool {
-		return p.Namespace == o.Namespace && p.Name == o.Name
-	})
-	if id < 0 {
-		return nil, nil, ErrNotIncremental
-	}
-	old := k.policies[id]
-	affected := map[int]bool{}
-	for _, ident := range k.selectPods(old.obj) {
-		for _, pi := range k.idents[ident].pods {
-			affected[pi] = true
-			for d := range 2 {
-				k.selected[d][pi] = slices.DeleteFunc(slices.Clone(k.selected[d][pi]), func(x int32) bool { return x == int32(id) })
-			}
-		}
-	}
+	return c.Apply(Change{Policy: o})
+}
 
-	k.c.Policies[id] = o
-	k.problems = slices.DeleteFunc(slices.Clone(k.problems), func(p Problem) bool {
-		return p.Policy.Namespace == o.Namespace && p.Policy.Name == o.Name
-	})
-	p := k.policy(int32(id), o)
+// DeletePolicy deletes a NetworkPolicy (Apply with one change).
+func (c *Compiler) DeletePolicy(namespace, name string) (*ruleset.Ruleset, []Problem, error) {
+	o := &networkingv1.NetworkPolicy{}
+	o.Namespace, o.Name = namespace, name
+	return c.Apply(Change{Policy: o, Delete: true})
+}
+
+// setPolicy evaluates a new or updated policy. A new one takes the number
+// of a deleted one, or the next, so that no other policy is renumbered and
+// the tables built without it stay valid.
+func (k *compiler) setPolicy(o *networkingv1.NetworkPolicy) {
+	in := k.inc
+	key := o.Namespace + "/" + o.Name
+	id, ok := in.polByName[key]
+	if ok {
+		k.unselect(id)
+	} else {
+		if n := len(in.freePols); n > 0 {
+			id, in.freePols = in.freePols[n-1], in.freePols[:n-1]
+		} else {
+			id = int32(len(k.policies))
+			k.policies = append(k.policies, nil)
+			k.pols = append(slices.Clip(k.pols), ruleset.Policy{})
+		}
+		in.polByName[key] = id
+		// Snapshots share the names: copy before writing.
+		k.pols = slices.Clone(k.pols)
+		k.pols[id] = ruleset.Policy{Namespace: o.Namespace, Name: o.Name}
+		k.inc.d.policies = true
+	}
+	k.dropProblem(o.Namespace, o.Name)
+	p := k.policy(id, o)
 	k.policies[id] = p
 	for _, ident := range k.selectPods(o) {
 		for _, pi := range k.idents[ident].pods {
-			affected[pi] = true
+			k.inc.d.dirty[pi] = true
 			for d := range 2 {
 				if !p.types[d] {
 					continue
 				}
 				s := k.selected[d][pi]
-				i, _ := slices.BinarySearch(s, int32(id))
-				k.selected[d][pi] = slices.Insert(slices.Clone(s), i, int32(id))
+				i, _ := slices.BinarySearch(s, id)
+				k.selected[d][pi] = slices.Insert(slices.Clone(s), i, id)
 			}
 		}
 	}
+	k.dropTables(id)
+}
 
-	// Tables made with the policy are stale; the others stay valid.
-	sid := strconv.Itoa(id)
-	for key := range k.tables {
-		set, _, _ := strings.Cut(key[1:], "|")
-		if slices.Contains(strings.Split(set, ","), sid) {
+func (k *compiler) deletePolicy(namespace, name string) {
+	in := k.inc
+	key := namespace + "/" + name
+	id, ok := in.polByName[key]
+	if !ok {
+		return
+	}
+	k.unselect(id)
+	k.dropProblem(namespace, name)
+	k.policies[id] = &policy{id: id}
+	delete(in.polByName, key)
+	in.freePols = append(in.freePols, id)
+	k.dropTables(id)
+}
+
+// unselect removes policy id from the pods it selects, which need their
+// tables again.
+func (k *compiler) unselect(id int32) {
+	for _, ident := range k.selectPods(k.policies[id].obj) {
+		for _, pi := range k.idents[ident].pods {
+			k.inc.d.dirty[pi] = true
+			for d := range 2 {
+				if slices.Contains(k.selected[d][pi], id) {
+					k.selected[d][pi] = slices.DeleteFunc(slices.Clone(k.selected[d][pi]), func(x int32) bool { return x == id })
+				}
+			}
+		}
+	}
+}
+
+// dropTables forgets the tables built with policy id; only pods it selects
+// or selected have them, and they get their tables again.
+func (k *compiler) dropTables(id int32) {
+	for key, e := range k.tables {
+		if slices.Contains(e.ids, id) {
 			delete(k.tables, key)
 		}
 	}
-	pods := slices.Clone(k.rs.Pods)
-	for pi := range affected {
-		if k.pods[pi].peer {
-			pods[pi].Tables = k.podTables(pi)
-		}
-	}
-	if len(pods) > 0 {
-		// Pods, addresses and identities are unchanged: share the
-		// address index and identities (Derive with pod 0's own).
-		id0 := int32(ruleset.NoIdentity)
-		if k.pods[0].peer {
-			id0 = int32(k.pods[0].ident)
-		}
-		k.rs = k.rs.Derive(pods, 0, id0)
-	}
-	return k.rs, slices.Clone(k.problems), nil
+}
+
+func (k *compiler) dropProblem(namespace, name string) {
+	k.problems = slices.DeleteFunc(slices.Clone(k.problems), func(p Problem) bool {
+		return p.Policy.Namespace == namespace && p.Policy.Name == name
+	})
 }

@@ -2,6 +2,7 @@ package compile_test
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -60,12 +61,24 @@ func TestSetPolicy(t *testing.T) {
 			sameVerdicts(t, got, want)
 		}
 	}
-	// A policy that is not there needs a full compile.
+	// A policy that is not there is added; deleting it takes it away again.
 	o := ref.Policies[0].DeepCopy()
 	o.Name = "new-one"
-	if _, _, err := c.SetPolicy(o); err != compile.ErrNotIncremental {
-		t.Errorf("SetPolicy of a new policy: err %v, want ErrNotIncremental", err)
+	o.Spec = networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}}
+	got, _, err := c.SetPolicy(o)
+	if err != nil {
+		t.Fatal(err)
 	}
+	before := ref.Policies
+	ref.Policies = append(slices.Clone(ref.Policies), o)
+	want, _ := compile.Compile(ref)
+	sameVerdicts(t, got, want)
+	if got, _, err = c.DeletePolicy(o.Namespace, o.Name); err != nil {
+		t.Fatal(err)
+	}
+	ref.Policies = before
+	want, _ = compile.Compile(ref)
+	sameVerdicts(t, got, want)
 }
 
 // BenchmarkSetPolicy: one policy of the 10k pods / 1k policies cluster

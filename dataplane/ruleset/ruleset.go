@@ -100,21 +100,21 @@ type Ruleset struct {
 	Generation uint64
 	Pods       []Pod
 	Policies   []Policy
-	byIP       map[netip.Addr]PodID
+	byIP       addrIndex[PodID]
 	// ident is the identity of every pod, NoIdentity for pods that are
 	// never peers (hostNetwork, no address).
 	ident []int32
 	// services holds the Service ClusterIPs: egress to them is deferred to
 	// the backend's entering hook (see IsServiceIP).
-	services map[netip.Addr]struct{}
+	services addrIndex[struct{}]
 }
 
 // SetServiceIPs records the cluster's Service ClusterIPs (unmapped). Call it
 // before Publish: a published Ruleset is immutable.
 func (r *Ruleset) SetServiceIPs(ips []netip.Addr) {
-	r.services = make(map[netip.Addr]struct{}, len(ips))
+	r.services = addrIndex[struct{}]{}
 	for _, a := range ips {
-		r.services[a.Unmap()] = struct{}{}
+		r.services.put(a.Unmap(), struct{}{})
 	}
 }
 
@@ -124,7 +124,7 @@ func (r *Ruleset) SetServiceIPs(ips []netip.Addr) {
 // egress policy names, is known only at the backend's entering hook. It
 // never allocates.
 func (r *Ruleset) IsServiceIP(a netip.Addr) bool {
-	_, ok := r.services[a.Unmap()]
+	_, ok := r.services.get(a.Unmap())
 	return ok
 }
 
@@ -135,7 +135,7 @@ func (r *Ruleset) IsServiceIP(a netip.Addr) bool {
 // deferred flow would reach a non-isolated backend unchecked. It walks the
 // pods (for the control loop, not the hot path).
 func (r *Ruleset) DefersEgress() bool {
-	if r == nil || len(r.services) == 0 {
+	if r == nil || r.services.len() == 0 {
 		return false
 	}
 	for i := range r.Pods {
@@ -148,9 +148,11 @@ func (r *Ruleset) DefersEgress() bool {
 
 // ServiceIPs lists the Service ClusterIPs, sorted (allocates; for tools).
 func (r *Ruleset) ServiceIPs() []netip.Addr {
-	out := make([]netip.Addr, 0, len(r.services))
-	for a := range r.services {
-		out = append(out, a)
+	var out []netip.Addr
+	for _, m := range r.services.shards {
+		for a := range m {
+			out = append(out, a)
+		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
@@ -158,7 +160,7 @@ func (r *Ruleset) ServiceIPs() []netip.Addr {
 
 // Identity returns the identity of the pod owning addr, or NoIdentity.
 func (r *Ruleset) Identity(addr netip.Addr) int32 {
-	if id, ok := r.byIP[addr]; ok {
+	if id, ok := r.byIP.get(addr); ok {
 		return r.ident[id]
 	}
 	return NoIdentity
@@ -167,8 +169,7 @@ func (r *Ruleset) Identity(addr netip.Addr) int32 {
 // PodByIP finds the pod that owns an address (IPv4-mapped addresses are
 // unmapped).
 func (r *Ruleset) PodByIP(a netip.Addr) (PodID, bool) {
-	id, ok := r.byIP[a.Unmap()]
-	return id, ok
+	return r.byIP.get(a.Unmap())
 }
 
 // Tables reports how many distinct tables the pods share.
@@ -193,6 +194,71 @@ func (r *Ruleset) Derive(pods []Pod, pod PodID, ident int32) *Ruleset {
 	n.Pods = pods
 	n.ident = slices.Clone(r.ident)
 	n.ident[pod] = ident
+	return &n
+}
+
+// NoPod is the PodID of no pod: in a Patch, it unmaps an address.
+const NoPod PodID = -1
+
+// Patch is what changes between a snapshot and the next one derived from
+// it by Apply; the compiler's incremental path describes single-object
+// changes this way.
+type Patch struct {
+	// Pods is the complete new pod list (a new slice: the base's is
+	// shared with readers). It may be longer than the base's; a deleted
+	// pod may stay as a tombstone (a zero Pod that no address maps to).
+	Pods []Pod
+	// Policies, when not nil, replaces the policy names.
+	Policies []Policy
+	// Idents sets the identity of pods; pods beyond the base's list have
+	// NoIdentity unless set here.
+	Idents map[PodID]int32
+	// Addrs maps each address to its new owner, or to NoPod to unmap it.
+	Addrs map[netip.Addr]PodID
+	// Services adds (true) or removes (false) Service ClusterIPs.
+	Services map[netip.Addr]bool
+}
+
+// Apply returns a snapshot derived from r by p. r is not modified, and the
+// result shares with it everything p does not change: the address index
+// and the Service addresses are copied only in the shards p touches.
+func (r *Ruleset) Apply(p Patch) *Ruleset {
+	n := *r
+	n.Generation = 0
+	n.Pods = p.Pods
+	if p.Policies != nil {
+		n.Policies = p.Policies
+	}
+	if len(p.Idents) > 0 || len(p.Pods) != len(r.ident) {
+		n.ident = make([]int32, len(p.Pods))
+		m := copy(n.ident, r.ident)
+		for i := m; i < len(n.ident); i++ {
+			n.ident[i] = NoIdentity
+		}
+		for id, v := range p.Idents {
+			n.ident[id] = v
+		}
+	}
+	if len(p.Addrs) > 0 {
+		e := addrEdit[PodID]{x: &n.byIP}
+		for a, id := range p.Addrs {
+			if id == NoPod {
+				e.del(a)
+			} else {
+				e.set(a, id)
+			}
+		}
+	}
+	if len(p.Services) > 0 {
+		e := addrEdit[struct{}]{x: &n.services}
+		for a, add := range p.Services {
+			if add {
+				e.set(a.Unmap(), struct{}{})
+			} else {
+				e.del(a.Unmap())
+			}
+		}
+	}
 	return &n
 }
 
@@ -295,13 +361,13 @@ func (p *Publisher) Publish(r *Ruleset) uint64 {
 // that are never peers). Addresses claimed by several pods go to the first
 // non-hostNetwork pod in order.
 func New(pods []Pod, policies []Policy, ident []int32) *Ruleset {
-	r := &Ruleset{Pods: pods, Policies: policies, byIP: make(map[netip.Addr]PodID, len(pods)), ident: ident}
+	r := &Ruleset{Pods: pods, Policies: policies, ident: ident}
 	for i := range pods {
 		for _, a := range pods[i].IPs {
-			if prev, ok := r.byIP[a]; ok && !pods[prev].HostNetwork {
+			if prev, ok := r.byIP.get(a); ok && !pods[prev].HostNetwork {
 				continue
 			}
-			r.byIP[a] = PodID(i)
+			r.byIP.put(a, PodID(i))
 		}
 	}
 	return r

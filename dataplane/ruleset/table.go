@@ -64,10 +64,14 @@ type Table struct {
 	// Policies are the policies that select this table's pods in Dir.
 	Policies []int32
 	Clauses  []Clause
-	idents   []uint32 // identity → index into sets; 0 is the empty set
-	sets     []Bits
-	blocks   *bart.Table[Bits] // nil when no clause has address ranges
-	ports    [4]portTable      // TCP, UDP, SCTP, other protocols
+	// idents maps identity id to an index into sets (0 is the empty
+	// set) at idents[id/identChunk][id%identChunk]; a nil chunk maps all
+	// its identities to 0. Chunks are never modified once built, so the
+	// copies WithIdentities makes share all but the chunks they change.
+	idents []*identRow
+	sets   []Bits
+	blocks *bart.Table[Bits] // nil when no clause has address ranges
+	ports  [4]portTable      // TCP, UDP, SCTP, other protocols
 }
 
 // portTable maps a port to the clauses admitting it: bits[i] holds for the
@@ -96,6 +100,23 @@ func (pt *portTable) lookup(port uint16) Bits {
 // NoIdentity is the identity of a peer that is not a pod.
 const NoIdentity = -1
 
+// identChunk is the number of identities per chunk of Table.idents.
+const identChunk = 128
+
+// identRow is one chunk of Table.idents.
+type identRow [identChunk]uint32
+
+// identSet returns the index into sets of identity ident's clauses (0 for
+// none, and for NoIdentity).
+func (t *Table) identSet(ident int32) uint32 {
+	if c := uint(ident) / identChunk; c < uint(len(t.idents)) {
+		if ch := t.idents[c]; ch != nil {
+			return ch[uint(ident)%identChunk]
+		}
+	}
+	return 0
+}
+
 // Match returns the first clause admitting the flow from or to a peer with
 // address addr and identity ident (NoIdentity for non-pods), or -1. It never
 // allocates.
@@ -105,9 +126,7 @@ func (t *Table) Match(ident int32, addr netip.Addr, proto Proto, port uint16) in
 		return -1
 	}
 	var ib, bb Bits
-	if uint(ident) < uint(len(t.idents)) {
-		ib = t.sets[t.idents[ident]]
-	}
+	ib = t.sets[t.identSet(ident)]
 	if t.blocks != nil {
 		bb, _ = t.blocks.Lookup(addr)
 	}
@@ -130,10 +149,8 @@ func (t *Table) Match(ident int32, addr netip.Addr, proto Proto, port uint16) in
 // the port (for explanations).
 func (t *Table) PeerClauses(ident int32, addr netip.Addr) Bits {
 	out := make(Bits, (len(t.Clauses)+63)/64)
-	if uint(ident) < uint(len(t.idents)) {
-		for i, w := range t.sets[t.idents[ident]] {
-			out[i] |= w
-		}
+	for i, w := range t.sets[t.identSet(ident)] {
+		out[i] |= w
 	}
 	if t.blocks != nil {
 		b, _ := t.blocks.Lookup(addr)
@@ -165,9 +182,14 @@ func (t *Table) Matches(ident int32, addr netip.Addr, proto Proto, port uint16) 
 // Entries reports the size of the table's peer structures: identities with
 // clauses and trie prefixes.
 func (t *Table) Entries() (idents, prefixes int) {
-	for _, s := range t.idents {
-		if s != 0 {
-			idents++
+	for _, ch := range t.idents {
+		if ch == nil {
+			continue
+		}
+		for _, s := range ch {
+			if s != 0 {
+				idents++
+			}
 		}
 	}
 	if t.blocks != nil {
@@ -257,7 +279,7 @@ func (b *builder) intern(x Bits) Bits {
 
 // identSets maps every identity some clause picks to its interned clause
 // set.
-func (b *builder) identSets(specs []ClauseSpec) ([]uint32, []Bits) {
+func (b *builder) identSets(specs []ClauseSpec) ([]*identRow, []Bits) {
 	n := 0
 	for i := range specs {
 		for _, id := range specs[i].Idents {
@@ -274,7 +296,7 @@ func (b *builder) identSets(specs []ClauseSpec) ([]uint32, []Bits) {
 			Bits(scratch[int(id)*b.words:]).set(i)
 		}
 	}
-	idents := make([]uint32, n)
+	idents := make([]*identRow, (n+identChunk-1)/identChunk)
 	sets := []Bits{nil}
 	index := map[*uint64]uint32{}
 	for id := range n {
@@ -288,7 +310,10 @@ func (b *builder) identSets(specs []ClauseSpec) ([]uint32, []Bits) {
 			index[&s[0]] = k
 			sets = append(sets, s)
 		}
-		idents[id] = k
+		if idents[id/identChunk] == nil {
+			idents[id/identChunk] = new(identRow)
+		}
+		idents[id/identChunk][id%identChunk] = k
 	}
 	return idents, sets
 }
@@ -430,14 +455,50 @@ func sameBits(a, b Bits) bool {
 // not modified; both stay valid, so a snapshot can be derived from the
 // previous one without rebuilding tables.
 func (t *Table) WithIdentity(id uint32, b Bits) *Table {
+	return t.WithIdentities([]uint32{id}, []Bits{b})
+}
+
+// WithIdentities is WithIdentity for several identities at once: identity
+// ids[i] is admitted by the clauses in sets[i] (nil or all zeros: none).
+// Only the chunks of the identity array holding them are copied.
+func (t *Table) WithIdentities(ids []uint32, sets []Bits) *Table {
 	nt := *t
-	nt.idents = make([]uint32, max(len(t.idents), int(id)+1))
-	copy(nt.idents, t.idents)
-	k := slices.IndexFunc(t.sets, func(s Bits) bool { return slices.Equal(s, b) })
-	if k < 0 {
-		k = len(t.sets)
-		nt.sets = append(slices.Clip(t.sets), slices.Clone(b))
+	n := len(t.idents)
+	for _, id := range ids {
+		n = max(n, int(id/identChunk)+1)
 	}
-	nt.idents[id] = uint32(k)
+	nt.idents = make([]*identRow, n)
+	copy(nt.idents, t.idents)
+	var copied []uint32 // chunks copied
+	nt.sets = slices.Clip(t.sets)
+	for i, id := range ids {
+		k := 0
+		if b := sets[i]; !b.empty() {
+			k = slices.IndexFunc(nt.sets, func(s Bits) bool { return slices.Equal(s, b) })
+			if k < 0 {
+				k = len(nt.sets)
+				nt.sets = append(nt.sets, slices.Clone(b))
+			}
+		}
+		c := id / identChunk
+		if !slices.Contains(copied, c) {
+			if k == 0 && nt.idents[c] == nil {
+				continue
+			}
+			copied = append(copied, c)
+			ch := new(identRow)
+			if old := nt.idents[c]; old != nil {
+				*ch = *old
+			}
+			nt.idents[c] = ch
+		}
+		nt.idents[c][id%identChunk] = uint32(k)
+	}
 	return &nt
+}
+
+// IdentityClauses is the set of clauses admitting identity id through the
+// selectors (nil for none), shared with the table: do not modify it.
+func (t *Table) IdentityClauses(id uint32) Bits {
+	return t.sets[t.identSet(int32(id))]
 }
