@@ -6,7 +6,9 @@
 // runs; ingress chains `accept`), one rule per (policy, rule) matching a
 // named interval set of peer addresses (selected pods' IPs, ipBlocks minus
 // their excepts) and a named set of protocol . port intervals, and a final
-// drop. Chains with identical rules are shared between pods.
+// drop. Chains with identical rules are shared between pods. Render
+// enforces every pod; RenderNode only the pods of one node, for a ruleset
+// per node (as the lab benchmarks load one into each node's namespace).
 //
 // Scope: IPv4 only (the benchmark's traffic is IPv4). Named ports resolve
 // on the destination: for ingress on the enforcing pod, for egress per

@@ -25,7 +25,15 @@ type Stats struct {
 }
 
 // Render returns an `nft -f` script that replaces table inet xdpbench.
-func Render(c *model.Cluster) (string, Stats, error) {
+func Render(c *model.Cluster) (string, Stats, error) { return render(c, "") }
+
+// RenderNode is Render for the node named node: only the pods scheduled on
+// it are enforced (the verdict maps hold only them), as an nftables-based
+// implementation running on every node enforces its local pods; peers are
+// still every pod of the cluster.
+func RenderNode(c *model.Cluster, node string) (string, Stats, error) { return render(c, node) }
+
+func render(c *model.Cluster, node string) (string, Stats, error) {
 	r := &renderer{c: c, sets: map[string]string{}, chains: map[string]string{}, nsLabels: map[string]labels.Set{},
 		peerCache: map[peerKey]peerSet{}, selCache: map[*metav1.LabelSelector]labels.Selector{}}
 	for _, ns := range c.Namespaces {
@@ -52,6 +60,9 @@ func Render(c *model.Cluster) (string, Stats, error) {
 	}
 	var ing, eg []entry
 	for _, pd := range r.pods {
+		if node != "" && pd.p.Spec.NodeName != node {
+			continue
+		}
 		for _, dir := range []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress} {
 			var rules []string
 			isolated := false

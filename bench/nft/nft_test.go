@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -31,5 +32,32 @@ func TestRenderLoads(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%+v: nft -c: %v: %s", p, err, out)
 		}
+	}
+}
+
+// TestRenderNode: a node's ruleset sends only that node's pods to their
+// chains (the verdict maps), and no more than the whole cluster's does.
+func TestRenderNode(t *testing.T) {
+	c := synth.Cluster(synth.Params{Pods: 200, Policies: 20, CIDRs: 20, Seed: 3})
+	_, all, err := Render(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0
+	for k := range 50 {
+		node := fmt.Sprintf("node-%d", k)
+		script, st, err := RenderNode(c, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum += st.MapEntries
+		for _, p := range c.Pods {
+			if ip := p.Status.PodIP; p.Spec.NodeName != node && strings.Contains(script, "\t\t\t"+ip+" : jump") {
+				t.Errorf("%s: pod %s/%s of %s is in the verdict maps", node, p.Namespace, p.Name, p.Spec.NodeName)
+			}
+		}
+	}
+	if sum != all.MapEntries {
+		t.Errorf("per-node map entries sum to %d, the cluster's ruleset has %d", sum, all.MapEntries)
 	}
 }

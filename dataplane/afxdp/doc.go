@@ -20,7 +20,8 @@
 //
 // Ownership: every frame is owned by exactly one party at a time: a
 // FreeList, the kernel (after Fill or Transmit), or the caller (after
-// Receive or Complete). Each ring is single-producer single-consumer, so one
+// Receive or Complete). A free frame goes back to the FreeList it was
+// given to at the start (see FreeList), whoever completes it. Each ring is single-producer single-consumer, so one
 // goroutine at a time may call each of Receive, Transmit/Kick, Fill and
 // Complete on a socket.
 //

@@ -3,6 +3,7 @@ package afxdp
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,6 +39,10 @@ type UMEM struct {
 	mu      sync.Mutex
 	sockets map[*Socket]struct{} // live sockets; any bound one can be shared through
 	closed  bool
+
+	// lists are the FreeLists that own frames, copied on write (see
+	// FreeList).
+	lists atomic.Pointer[[]*FreeList]
 }
 
 // NewUMEM maps the frame area. Nothing is registered with the kernel until
@@ -127,21 +132,54 @@ func (u *UMEM) Close() error {
 
 // FreeList is a stack of free frame addresses owned by one goroutine. Its
 // backing array is allocated once with room for every frame of the UMEM,
-// so Get and Put never allocate. It is not safe for concurrent use.
+// so Get and Put never allocate. It is not safe for concurrent use, except
+// that other lists of the same UMEM hand frames back to it (below).
+//
+// A list made with frames owns them, and frames go home: Put and PutBatch
+// keep the frames the list owns (or that no list owns) and hand every
+// other frame to its owner's inbox, which the owner empties into its stack
+// when it runs short. Workers that share a transmit socket complete each
+// other's frames; without this, one worker could end up holding every
+// frame of the UMEM (its fill ring has room for all of them) while the
+// other's fill ring ran dry and its queue dropped everything. Only handing
+// frames over and taking them in lock the inbox.
 type FreeList struct {
-	addrs []uint64
-	mask  uint64
+	addrs  []uint64
+	mask   uint64
+	lo, hi uint64 // the frames [lo, hi) this list owns; none if lo == hi
+	umem   *UMEM
+	inbox  inbox
 }
 
-// NewFreeList returns a free list holding frames [first, first+count) of u
-// and able to take back any frame of u. Give each worker its own list.
+// inbox holds frames other lists handed back to their owner.
+type inbox struct {
+	n     atomic.Int64 // len(addrs), read without the lock
+	mu    sync.Mutex
+	addrs []uint64
+}
+
+// NewFreeList returns a free list holding and owning frames
+// [first, first+count) of u and able to take back any frame of u. Give each
+// worker its own list, over its own frames.
 func (u *UMEM) NewFreeList(first, count int) *FreeList {
 	if first < 0 || count < 0 || first+count > u.numFrames {
 		first, count = 0, 0
 	}
-	f := &FreeList{addrs: make([]uint64, 0, u.numFrames), mask: ^(u.frameSize - 1)}
+	f := &FreeList{addrs: make([]uint64, 0, u.numFrames), mask: ^(u.frameSize - 1), umem: u,
+		lo: uint64(first) * u.frameSize, hi: uint64(first+count) * u.frameSize}
 	for i := first; i < first+count; i++ {
 		f.addrs = append(f.addrs, uint64(i)*u.frameSize)
+	}
+	if count > 0 {
+		f.inbox.addrs = make([]uint64, 0, count)
+		u.mu.Lock()
+		var lists []*FreeList
+		if l := u.lists.Load(); l != nil {
+			lists = append(lists, *l...)
+		}
+		lists = append(lists, f)
+		u.lists.Store(&lists)
+		u.mu.Unlock()
 	}
 	return f
 }
@@ -151,6 +189,9 @@ func (f *FreeList) Len() int { return len(f.addrs) }
 
 // Get pops one frame address.
 func (f *FreeList) Get() (uint64, bool) {
+	if len(f.addrs) == 0 {
+		f.takeInbox()
+	}
 	n := len(f.addrs)
 	if n == 0 {
 		return 0, false
@@ -162,28 +203,99 @@ func (f *FreeList) Get() (uint64, bool) {
 
 // GetBatch pops up to len(dst) frame addresses into dst.
 func (f *FreeList) GetBatch(dst []uint64) int {
+	if len(f.addrs) < len(dst) {
+		f.takeInbox()
+	}
 	n := min(len(dst), len(f.addrs))
 	copy(dst, f.addrs[len(f.addrs)-n:])
 	f.addrs = f.addrs[:len(f.addrs)-n]
 	return n
 }
 
-// Put pushes a frame back, rounding addr down to its frame base. It reports
-// false (and drops addr) if the list is full, which means a frame was
-// returned twice.
+// takeInbox moves the frames other lists handed back into the stack.
+func (f *FreeList) takeInbox() {
+	if f.inbox.n.Load() == 0 {
+		return
+	}
+	f.inbox.mu.Lock()
+	k := min(len(f.inbox.addrs), cap(f.addrs)-len(f.addrs))
+	f.addrs = append(f.addrs, f.inbox.addrs[len(f.inbox.addrs)-k:]...)
+	f.inbox.addrs = f.inbox.addrs[:len(f.inbox.addrs)-k]
+	f.inbox.n.Store(int64(len(f.inbox.addrs)))
+	f.inbox.mu.Unlock()
+}
+
+// owner returns the list that owns the frame at base, or nil when it is
+// this list's or nobody's.
+func (f *FreeList) owner(base uint64) *FreeList {
+	if base >= f.lo && base < f.hi {
+		return nil
+	}
+	lists := f.umem.lists.Load()
+	if lists == nil {
+		return nil
+	}
+	for _, o := range *lists {
+		if base >= o.lo && base < o.hi {
+			if o == f {
+				return nil
+			}
+			return o
+		}
+	}
+	return nil
+}
+
+// handBack gives frames (rounded to their base) to f's inbox and returns
+// how many it took: all, unless the inbox is full (a frame returned twice).
+func (f *FreeList) handBack(addrs []uint64) int {
+	f.inbox.mu.Lock()
+	k := min(len(addrs), cap(f.inbox.addrs)-len(f.inbox.addrs))
+	for _, a := range addrs[:k] {
+		f.inbox.addrs = append(f.inbox.addrs, a&f.mask)
+	}
+	f.inbox.n.Store(int64(len(f.inbox.addrs)))
+	f.inbox.mu.Unlock()
+	return k
+}
+
+// Put pushes a frame back, rounding addr down to its frame base, to this
+// list or its owner's. It reports false (and drops addr) if the list is
+// full, which means a frame was returned twice.
 func (f *FreeList) Put(addr uint64) bool {
+	base := addr & f.mask
+	if o := f.owner(base); o != nil {
+		return o.handBack([]uint64{base}) == 1
+	}
 	if len(f.addrs) == cap(f.addrs) {
 		return false
 	}
-	f.addrs = append(f.addrs, addr&f.mask)
+	f.addrs = append(f.addrs, base)
 	return true
 }
 
-// PutBatch pushes frames back and returns how many fitted.
+// PutBatch pushes frames back, each to this list or its owner's, and
+// returns how many fitted. Consecutive frames of one other owner are
+// handed back together.
 func (f *FreeList) PutBatch(addrs []uint64) int {
-	n := min(len(addrs), cap(f.addrs)-len(f.addrs))
-	for _, a := range addrs[:n] {
-		f.addrs = append(f.addrs, a&f.mask)
+	n := 0
+	for i := 0; i < len(addrs); {
+		base := addrs[i] & f.mask
+		o := f.owner(base)
+		if o == nil {
+			if len(f.addrs) < cap(f.addrs) {
+				f.addrs = append(f.addrs, base)
+				n++
+			}
+			i++
+			continue
+		}
+		j := i + 1 // a run of frames of owner o
+		for j < len(addrs) && f.owner(addrs[j]&f.mask) == o {
+			j++
+		}
+		n += o.handBack(addrs[i:j])
+		i = j
 	}
 	return n
 }

@@ -82,8 +82,9 @@ func New(c Config) *Worker {
 	}
 }
 
-// Run loops until ctx ends.
+// Run loops until ctx ends, on an OS thread of its own, named ThreadName.
 func (w *Worker) Run(ctx context.Context) {
+	defer ownThread()()
 	done := ctx.Done()
 	for {
 		select {
