@@ -81,11 +81,11 @@ func TestSetPolicy(t *testing.T) {
 	sameVerdicts(t, got, want)
 }
 
-// BenchmarkSetPolicy: one policy of the 10k pods / 1k policies cluster
-// flipped between deny-all and its own rules, incrementally (the agent's
-// path for an updated policy) — compare BenchmarkCompile.
+// BenchmarkSetPolicy: one policy of the 10k pods / 1k policies / 10k CIDRs
+// cluster (BenchmarkCompile's) flipped between deny-all and its own rules,
+// incrementally (the agent's path for an updated policy).
 func BenchmarkSetPolicy(b *testing.B) {
-	p := synth.Params{Pods: 10000, Policies: 1000, CIDRs: 1000, Seed: 1}
+	p := scales[1].p
 	var c compile.Compiler
 	c.Compile(synth.Cluster(p))
 	orig := synth.Cluster(p).Policies[500]

@@ -162,32 +162,3 @@ func mustIndex(pod string) int {
 	fmt.Sscanf(pod, "pod-%d", &i)
 	return i
 }
-
-// BenchmarkLabelChange measures republishing after one pod's labels change,
-// to an identity that exists (another app's labels) and to a new one.
-func BenchmarkLabelChange(b *testing.B) {
-	p := scales[1].p
-	for _, fresh := range []bool{false, true} {
-		name := "existing-identity"
-		if fresh {
-			name = "new-identity"
-		}
-		b.Run("10kpods-1kpolicies/"+name, func(b *testing.B) {
-			var c compile.Compiler
-			c.Compile(synth.Cluster(p))
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				l := map[string]string{"app": fmt.Sprintf("app-%d", i%synth.Apps), "tier": "web"}
-				if fresh {
-					l["canary"] = fmt.Sprint(i)
-				}
-				rs, err := c.SetPodLabels("ns-3", "pod-3", l)
-				if err != nil || rs == nil {
-					b.Fatal(err)
-				}
-				i++
-			}
-		})
-	}
-}
