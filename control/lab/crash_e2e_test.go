@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/xdpolicy/xdpolicy/control/lab"
-	"github.com/xdpolicy/xdpolicy/control/query"
-	"github.com/xdpolicy/xdpolicy/dataplane/ruleset"
 )
 
 // TestAgentCrashFailsClosed SIGKILLs both nodes' agents (as an OOM kill or
@@ -29,16 +27,7 @@ import (
 func TestAgentCrashFailsClosed(t *testing.T) {
 	needAgentLab(t)
 	t.Parallel()
-	s := upLab(t, labName(t, "crash"), "testdata/related.yaml", true)
-	since := time.Now()
-	if _, err := lab.Apply(s.Dir, []string{writeFile(t, relatedPolicies)}); err != nil {
-		t.Fatal(err)
-	}
-	expectEnforced(t, s, since, lab.ProbeOptions{Ports: []query.Port{{Port: 80, Proto: ruleset.TCP}}})
-	pods := map[string]lab.Pod{}
-	for _, p := range s.Pods {
-		pods[p.Name] = p
-	}
+	s, pods := relatedLab(t, "crash")
 	a, b, c := pods["a"], pods["b"], pods["c"]
 	to := netip.AddrPortFrom(podAddr(t, c, 4), 5001)
 	echo := echoServer(t, c, to)

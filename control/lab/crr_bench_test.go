@@ -61,25 +61,7 @@ import (
 // saves a CPU profile of node-1's agent over each xdpolicy window.
 func BenchmarkConnectRequestClose(b *testing.B) {
 	needAgentLab(b)
-	if _, err := exec.LookPath("nft"); err != nil {
-		b.Skip("skipping: the nftables baseline needs the nft command")
-	}
-	cluster := crrCluster(b)
-	off := upLab(b, labName(b, "crr-off"), cluster, false)
-	on := upAgentLab(b, labName(b, "crr-on"), cluster)
-	pols := writeFile(b, crrPolicies)
-	for _, s := range []*lab.State{off, on} {
-		if _, err := lab.Apply(s.Dir, []string{pols}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	waitProbed(b, on, 81, "the agents do not enforce the policies")
-	schedAgents(b, on)
-	nftOn, nftOff := nftScripts(b, off)
-	// nftables enforces exactly what the prediction says, once.
-	nftOn()
-	waitProbed(b, off, 81, "nftables does not enforce the policies")
-	nftOff()
+	off, on, nftOn, nftOff := baselineLabs(b, "crr", crrCluster(b), crrPolicies)
 
 	for _, s := range []*lab.State{off, on} {
 		for _, id := range []string{"crr/server", "crr/far"} {
@@ -702,4 +684,32 @@ func upAgentLab(tb testing.TB, name, cluster string) *lab.State {
 	}
 	tb.Logf("lab %s: agents run with %s", name, strings.Join(args, " "))
 	return s
+}
+
+// baselineLabs brings up the cluster twice, without agents (for no
+// enforcement and the nftables baseline) and with them, applies the
+// policies to both, and checks that the agents and nftables each enforce
+// them before anything is measured. nftOn and nftOff load and remove the
+// nftables ruleset in the agentless lab.
+func baselineLabs(b *testing.B, short, cluster, policies string) (off, on *lab.State, nftOn, nftOff func()) {
+	b.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		b.Skip("skipping: the nftables baseline needs the nft command")
+	}
+	off = upLab(b, labName(b, short+"-off"), cluster, false)
+	on = upAgentLab(b, labName(b, short+"-on"), cluster)
+	pols := writeFile(b, policies)
+	for _, s := range []*lab.State{off, on} {
+		if _, err := lab.Apply(s.Dir, []string{pols}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	waitProbed(b, on, 81, "the agents do not enforce the policies")
+	schedAgents(b, on)
+	nftOn, nftOff = nftScripts(b, off)
+	// nftables enforces exactly what the prediction says, once.
+	nftOn()
+	waitProbed(b, off, 81, "nftables does not enforce the policies")
+	nftOff()
+	return off, on, nftOn, nftOff
 }

@@ -61,24 +61,7 @@ import (
 // probes arrived.
 func BenchmarkFirstPacketAtLoad(b *testing.B) {
 	needAgentLab(b)
-	if _, err := exec.LookPath("nft"); err != nil {
-		b.Skip("skipping: the nftables baseline needs the nft command")
-	}
-	cluster := fpCluster(b)
-	off := upLab(b, labName(b, "fp-off"), cluster, false)
-	on := upAgentLab(b, labName(b, "fp-on"), cluster)
-	pols := writeFile(b, fpPolicies)
-	for _, s := range []*lab.State{off, on} {
-		if _, err := lab.Apply(s.Dir, []string{pols}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	waitProbed(b, on, 81, "the agents do not enforce the policies")
-	schedAgents(b, on)
-	nftOn, nftOff := nftScripts(b, off)
-	nftOn()
-	waitProbed(b, off, 81, "nftables does not enforce the policies")
-	nftOff()
+	off, on, nftOn, nftOff := baselineLabs(b, "fp", fpCluster(b), fpPolicies)
 
 	rigOff, rigOn := newFPRig(b, off), newFPRig(b, on)
 	dps := []fpDataplane{

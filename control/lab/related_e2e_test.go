@@ -59,16 +59,7 @@ spec:
 func TestBeyondFirstPacket(t *testing.T) {
 	needAgentLab(t)
 	t.Parallel()
-	s := upLab(t, labName(t, "rel"), "testdata/related.yaml", true)
-	since := time.Now()
-	if _, err := lab.Apply(s.Dir, []string{writeFile(t, relatedPolicies)}); err != nil {
-		t.Fatal(err)
-	}
-	expectEnforced(t, s, since, lab.ProbeOptions{Ports: []query.Port{{Port: 80, Proto: ruleset.TCP}}})
-	pods := map[string]lab.Pod{}
-	for _, p := range s.Pods {
-		pods[p.Name] = p
-	}
+	s, pods := relatedLab(t, "rel")
 	a := pods["a"]
 	for _, fam := range []int{4, 6} {
 		for _, dst := range []lab.Pod{pods["b"], pods["c"]} {
@@ -130,6 +121,23 @@ func TestBeyondFirstPacket(t *testing.T) {
 	if metricValue(metrics, `xdpolicy_tcx_packets_total{outcome="pass_related"}`)+metricValue(metrics, "xdpolicy_slowpath_related_total") == 0 {
 		t.Errorf("node-1's agent let no ICMP error in as related:\n%s", grepLines(metrics, "related"))
 	}
+}
+
+// relatedLab brings up testdata/related.yaml with agents, enforcing
+// relatedPolicies, and returns it with its pods by name.
+func relatedLab(t *testing.T, short string) (*lab.State, map[string]lab.Pod) {
+	t.Helper()
+	s := upLab(t, labName(t, short), "testdata/related.yaml", true)
+	since := time.Now()
+	if _, err := lab.Apply(s.Dir, []string{writeFile(t, relatedPolicies)}); err != nil {
+		t.Fatal(err)
+	}
+	expectEnforced(t, s, since, lab.ProbeOptions{Ports: []query.Port{{Port: 80, Proto: ruleset.TCP}}})
+	pods := map[string]lab.Pod{}
+	for _, p := range s.Pods {
+		pods[p.Name] = p
+	}
+	return s, pods
 }
 
 func podAddr(t *testing.T, p lab.Pod, fam int) netip.Addr {
